@@ -1,0 +1,1 @@
+"""Environments in which a model manages its own context (SPEC 2)."""
