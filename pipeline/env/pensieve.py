@@ -1,0 +1,350 @@
+"""The Pensieve environment (SPEC 2): a context of messages with ids, a notebook, an index, and budgets.
+
+The model acts only through tool calls. `step(raw_text)` appends the assistant message, runs each
+parsed call, appends one tool message per call (or one error message), re-renders the task message
+when the notebook list changed, and then checks the budgets. `step` never raises on model output:
+every problem becomes an error tool message and a format error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from pipeline.env import prompts
+from pipeline.env.index import ChunkIndex, token_offsets
+from pipeline.env.notebook import Notebook
+from pipeline.env.parsing import ToolCall, parse_tool_calls
+from pipeline.env.tools import tool_schemas, validate_arguments
+from pipeline.rewards import reward_components, weighted_reward
+from pipeline.trajectory import MessageRecord, Trajectory, Turn
+
+
+class EnvConfig(BaseModel):
+    """Budgets and tool settings; recipes set these under `env:`."""
+
+    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
+    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
+    max_rounds: int = Field(default=150, description="Assistant turns before the episode ends as max_rounds.")
+    max_format_errors: int = Field(default=3, description="Consecutive erroneous turns before 'malformed'.")
+    default_chunk_size: int = Field(default=4000, description="Chunk size analyzeText reports chunk counts at.")
+    search_top_k: int = Field(default=20, description="Most chunk ids searchEngine returns.")
+    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
+
+
+@dataclass
+class StepResult:
+    done: bool
+    end_state: str | None
+    format_errors: int
+    edited: bool
+
+
+class PensieveEnv:
+    """One episode over one task input. Build a new env per episode."""
+
+    name = "pensieve"
+
+    def __init__(self, question: str, input_text: str, tokenizer: Any, config: EnvConfig | None = None,
+                 choices: list[str] | None = None) -> None:
+        self.question, self.input_text, self.choices = question, input_text, choices
+        self.tokenizer = tokenizer
+        self.config = config or EnvConfig()
+        self.tools = tool_schemas()
+        self.notebook = Notebook()
+        self.index: ChunkIndex | None = None
+        self.scan_cursor = 0
+        self._offsets: np.ndarray | None = None
+        self._header_extra: dict[int, str] = {}  # msg id -> header detail kept in its stub (reading progress)
+        self.table: list[MessageRecord] = []  # every message version, stored once
+        self.context: list[int] = []  # table indices of the live context
+        self.turns: list[Turn] = []
+        self.next_msg_id = 2  # 0 is the system prompt, 1 the task message
+        self.rounds = 0
+        self.format_errors = 0
+        self.consecutive_error_turns = 0
+        self.done = False
+        self.end_state: str | None = None
+        self.answer: str | None = None
+        self._add(MessageRecord(role="system", content=prompts.SYSTEM_PROMPT, msg_id=0))
+        self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
+        self.context_tokens = self.count_tokens()
+        self._check_budgets()
+
+    # -- observation -------------------------------------------------------------------------
+    def messages(self) -> list[dict[str, str]]:
+        """The live context as chat messages (what the policy sees)."""
+        return [self.table[i].chat() for i in self.context]
+
+    def render(self, add_generation_prompt: bool = True) -> str:
+        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
+        return self.tokenizer.apply_chat_template(
+            self.messages(), tools=self.tools, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+
+    def count_tokens(self) -> int:
+        """Tokens of the rendered context with the generation prompt, in the student's tokenizer."""
+        return len(self.tokenizer(self.render(), add_special_tokens=False)["input_ids"])
+
+    @property
+    def input_tokens(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            self._offsets = token_offsets(self.input_text, self.tokenizer)
+        return self._offsets
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, raw_text: str) -> StepResult:
+        """Apply one assistant message. Never raises on model output."""
+        if self.done:
+            return StepResult(True, self.end_state, 0, False)
+        self.rounds += 1
+        context_before, tokens_before = list(self.context), self.context_tokens
+        parsed = parse_tool_calls(raw_text)
+        assistant_id = self._new_msg_id()
+        assistant_row = self._add(MessageRecord(role="assistant", content=str(raw_text), msg_id=assistant_id))
+        listing_before = self.notebook.listing()
+        results, errors, edited = [], 0, False
+        if parsed.errors:
+            errors += len(parsed.errors)
+            results.append(self._tool_message("error", assistant_id, "Error: " + "\n".join(parsed.errors)))
+        for call in parsed.calls:
+            if self.done:
+                break
+            text, error, call_edited, extra = self._run(call, assistant_id)
+            errors += int(error)
+            edited |= call_edited
+            results.append(self._tool_message(call.name, assistant_id, text, extra=extra))
+        if self.notebook.listing() != listing_before:
+            self._replace(1, MessageRecord(role="user", content=self._task_text(), msg_id=1))
+            edited = True
+        self.format_errors += errors
+        self.consecutive_error_turns = self.consecutive_error_turns + 1 if errors else 0
+        if not self.done and self.consecutive_error_turns >= self.config.max_format_errors:
+            self._end("malformed")
+        self.context_tokens = self.count_tokens()
+        self._check_budgets()
+        self.turns.append(
+            Turn(
+                index=len(self.turns),
+                context=context_before,
+                assistant=assistant_row,
+                tool_calls=[c.to_dict() for c in parsed.calls],
+                tool_results=results,
+                context_tokens_before=tokens_before,
+                context_tokens_after=self.context_tokens,
+                edited=edited,
+                format_errors=errors,
+            )
+        )
+        return StepResult(self.done, self.end_state, errors, edited)
+
+    def _run(self, call: ToolCall, caller: int) -> tuple[str, bool, bool, str]:
+        """Run one call: (tool message text, was it an error, did it edit earlier context, header extra)."""
+        args, problem = validate_arguments(call.name, call.arguments)
+        if problem:
+            return f"Error: {problem}", True, False, ""
+        handler = getattr(self, f"_tool_{call.name}")
+        try:
+            result = handler(args, caller)
+        except ToolError as exc:
+            return f"Error: {call.name}: {exc}", True, False, ""
+        text, extra = result if isinstance(result, tuple) else (result, "")
+        return text, False, call.name == "deleteContext", extra
+
+    # -- tools (each returns the tool message text, or (text, header extra)) ----------------------
+    def _tool_analyzeText(self, args: Any, caller: int) -> str:
+        n, size = self.input_tokens, self.config.default_chunk_size
+        return f"The input has {n} tokens ({len(self.input_text)} characters): {-(-n // size)} chunks of {size} tokens."
+
+    def _tool_buildIndex(self, args: Any, caller: int) -> str:
+        if args.overlap >= args.chunk_size:
+            raise ToolError(f"overlap ({args.overlap}) must be smaller than chunk_size ({args.chunk_size})")
+        self.index = ChunkIndex.build(self.input_text, self.offsets, args.chunk_size, args.overlap)
+        self.scan_cursor = 0
+        n = len(self.index)
+        return f"Index built: {n} chunks of up to {args.chunk_size} tokens (overlap {args.overlap}), ids 0-{n - 1}."
+
+    def _tool_searchEngine(self, args: Any, caller: int) -> str:
+        index = self._require_index()
+        hits = index.search(args.keyword, top_k=self.config.search_top_k)
+        if not hits:
+            return f"No chunk matches {args.keyword!r}."
+        lines = [f"chunk {h.chunk_id} (score {h.score:.2f}): {h.snippet}" for h in hits]
+        return f"{len(hits)} results for {args.keyword!r}, best first:\n" + "\n".join(lines)
+
+    def _tool_readChunk(self, args: Any, caller: int) -> tuple[str, str]:
+        index = self._require_index()
+        if args.scan:
+            if args.chunk_id is not None:
+                raise ToolError("give either chunk_id or scan=true, not both")
+            if self.scan_cursor >= len(index):
+                raise ToolError(f"scan finished: all {len(index)} chunks were read in order")
+            chunk_id = self.scan_cursor
+            self.scan_cursor += 1
+        elif args.chunk_id is None:
+            raise ToolError("missing chunk_id (or pass scan=true to read the next chunk in order)")
+        else:
+            chunk_id = args.chunk_id
+        if chunk_id >= len(index):
+            raise ToolError(f"chunk_id {chunk_id} does not exist; ids are 0-{len(index) - 1}")
+        progress = f"chunk {chunk_id}, progress {chunk_id + 1}/{len(index)}"
+        return f"Chunk {chunk_id} of {len(index)}:\n{index.chunk(chunk_id)}", progress
+
+    def _tool_note(self, args: Any, caller: int) -> str:
+        self._raise_if(self.notebook.add(args.key, args.summary, args.content))
+        return f"Note {args.key!r} stored."
+
+    def _tool_updateNote(self, args: Any, caller: int) -> str:
+        self._raise_if(self.notebook.update(args.key, args.mode, args.content, args.summary))
+        return f"Note {args.key!r} {'deleted' if args.mode == 'delete' else 'updated'} ({args.mode})."
+
+    def _tool_readNote(self, args: Any, caller: int) -> str:
+        note = self.notebook.notes.get(args.key)
+        if note is None:
+            raise ToolError(f"no note {args.key!r}; existing keys: {', '.join(self.notebook.notes) or '(none)'}")
+        return f"Note {args.key!r} ({note.summary}):\n{note.content}"
+
+    def _tool_deleteContext(self, args: Any, caller: int) -> str:
+        ids = args.msg_id if isinstance(args.msg_id, list) else [args.msg_id]
+        if not ids:
+            raise ToolError("msg_id is an empty list")
+        live = {self.table[row].msg_id: pos for pos, row in enumerate(self.context)}
+        for msg_id in ids:  # validate all first: a delete is all or nothing
+            if msg_id in (0, 1):
+                raise ToolError(f"msg {msg_id} is the {'system' if msg_id == 0 else 'user'} message; "
+                                "user and system messages cannot be deleted")
+            if msg_id not in live:
+                raise ToolError(f"msg {msg_id} does not exist; live ids are {_id_ranges(sorted(live))}")
+        deleted, already = [], []
+        for msg_id in dict.fromkeys(ids):
+            position = live[msg_id]
+            message = self.table[self.context[position]]
+            if message.stub:
+                already.append(msg_id)
+                continue
+            self._replace(position, self._stub_of(message))
+            deleted.append(msg_id)
+        text = f"Deleted msg {', '.join(map(str, deleted))}." if deleted else "Nothing deleted."
+        return text + (f" Already deleted: {', '.join(map(str, already))}." if already else "")
+
+    def _tool_checkBudget(self, args: Any, caller: int) -> str:
+        used = self.count_tokens()
+        cfg = self.config
+        available = cfg.max_context_tokens - cfg.max_output_tokens - used
+        return (
+            f"Rounds: {self.rounds} used, {cfg.max_rounds - self.rounds} left of {cfg.max_rounds}. "
+            f"Context: {used} tokens used, {cfg.max_output_tokens} reserved for output, {available} available "
+            f"of {cfg.max_context_tokens}."
+        )
+
+    def _tool_finish(self, args: Any, caller: int) -> str:
+        self.answer = args.answer
+        self._end("finished")
+        return "Episode finished."
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _require_index(self) -> ChunkIndex:
+        if self.index is None:
+            raise ToolError("no index yet: call buildIndex first")
+        return self.index
+
+    @staticmethod
+    def _raise_if(problem: str | None) -> None:
+        if problem:
+            raise ToolError(problem)
+
+    def _stub_of(self, message: MessageRecord) -> MessageRecord:
+        if message.role == "assistant":
+            names = [c.name for c in parse_tool_calls(message.content).calls]
+            content = prompts.assistant_stub(message.msg_id or 0, names)
+        else:
+            extra = self._header_extra.get(message.msg_id or 0, "")
+            content = prompts.tool_stub(message.msg_id or 0, message.tool_name or "tool", message.call_id or 0, extra)
+        return message.model_copy(update={"content": content, "stub": True})
+
+    def _tool_message(self, tool: str, caller: int, body: str, extra: str = "") -> int:
+        msg_id = self._new_msg_id()
+        if extra:
+            self._header_extra[msg_id] = extra
+        content = prompts.tool_header(msg_id, tool, caller, extra) + "\n" + body
+        return self._add(MessageRecord(role="tool", content=content, msg_id=msg_id, tool_name=tool, call_id=caller))
+
+    def _task_text(self) -> str:
+        return prompts.task_message(self.question, len(self.input_text), self.notebook.listing(), self.choices)
+
+    def _new_msg_id(self) -> int:
+        self.next_msg_id += 1
+        return self.next_msg_id - 1
+
+    def _add(self, message: MessageRecord) -> int:
+        self.table.append(message)
+        self.context.append(len(self.table) - 1)
+        return len(self.table) - 1
+
+    def _replace(self, position: int, message: MessageRecord) -> None:
+        self.table.append(message)
+        self.context[position] = len(self.table) - 1
+
+    def _end(self, state: str) -> None:
+        self.done, self.end_state = True, state
+
+    def _check_budgets(self) -> None:
+        if self.done:
+            return
+        if self.context_tokens + self.config.max_output_tokens > self.config.max_context_tokens:
+            self._end("over_budget")
+        elif self.rounds >= self.config.max_rounds:
+            self._end("max_rounds")
+
+    # -- records -----------------------------------------------------------------------------
+    def trajectory(self, episode_id: str, task_id: str, policy: str, seed: int, correct: bool,
+                   weights: dict[str, float] | None = None, metadata: dict[str, Any] | None = None) -> Trajectory:
+        """The finished episode as a record (SPEC 4)."""
+        end_state = self.end_state or "max_rounds"
+        components = reward_components(end_state, correct, self.format_errors)
+        return Trajectory(
+            episode_id=episode_id,
+            task_id=task_id,
+            policy=policy,
+            seed=seed,
+            env=self.name,
+            end_state=end_state,  # type: ignore[arg-type]
+            answer=self.answer,
+            correct=correct,
+            reward=weighted_reward(components, weights),
+            reward_components=components,
+            format_errors=self.format_errors,
+            rounds=self.rounds,
+            input_tokens=self.input_tokens if self._offsets is not None else None,
+            tools=self.tools,
+            messages=self.table,
+            turns=self.turns,
+            final_context=list(self.context),
+            metadata=metadata or {},
+        )
+
+
+class ToolError(Exception):
+    """A tool call that was well formed but could not be carried out; shown to the model."""
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """Compact '2-9, 12' listing of message ids for error messages."""
+    if not ids:
+        return "(none)"
+    ranges, start, prev = [], ids[0], ids[0]
+    for i in [*ids[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        ranges.append(f"{start}-{prev}" if start != prev else str(start))
+        if i is not None:
+            start = prev = i
+    return ", ".join(ranges)

@@ -1,0 +1,34 @@
+"""The words the Pensieve environment says to the model: system prompt, task message, tool headers."""
+
+from __future__ import annotations
+
+SYSTEM_PROMPT = """You answer a question about a long input that is NOT in your context. Work only through tools:
+measure the input (analyzeText), index it (buildIndex), search it (searchEngine), read chunks (readChunk),
+keep the facts you need in the notebook (note, updateNote, readNote), and free context by deleting
+messages you no longer need (deleteContext with their msg ids; every tool result starts with its msg id
+and the id of the message that called it). Deleted messages become short stubs. Check your budget
+(checkBudget) and end with finish(answer). Call at least one tool in every message."""
+
+
+def task_message(question: str, n_chars: int, notebook_listing: str, choices: list[str] | None = None) -> str:
+    """The first user message: the question, the input's size, and the current notebook list."""
+    parts = [f"Question: {question}"]
+    if choices:
+        parts.append("Options:\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices)))
+        parts.append("Answer with the letter of the correct option.")
+    parts.append(f"The input is a text of {n_chars} characters, available only through the tools.")
+    parts.append(notebook_listing)
+    return "\n\n".join(parts)
+
+
+def tool_header(msg_id: int, tool: str, call_id: int, extra: str = "") -> str:
+    return f"[msg {msg_id} | {tool} | called by msg {call_id}{' | ' + extra if extra else ''}]"
+
+
+def tool_stub(msg_id: int, tool: str, call_id: int, extra: str = "") -> str:
+    return tool_header(msg_id, tool, call_id, extra) + " content deleted"
+
+
+def assistant_stub(msg_id: int, tool_names: list[str]) -> str:
+    called = ", ".join(tool_names) if tool_names else "no tool"
+    return f"[msg {msg_id} deleted | called {called}]"
