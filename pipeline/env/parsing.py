@@ -52,7 +52,7 @@ def parse_tool_calls(text: str) -> ParsedOutput:
     if opened != closed or opened != len(blocks):
         out.errors.append(
             f"unbalanced tool call tags: {opened} '<tool_call>' and {closed} '</tool_call>'; "
-            "write each call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>"
+            'write each call as <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
         )
     if not blocks:
         if not out.errors:

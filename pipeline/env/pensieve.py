@@ -48,8 +48,14 @@ class PensieveEnv:
 
     name = "pensieve"
 
-    def __init__(self, question: str, input_text: str, tokenizer: Any, config: EnvConfig | None = None,
-                 choices: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        question: str,
+        input_text: str,
+        tokenizer: Any,
+        config: EnvConfig | None = None,
+        choices: list[str] | None = None,
+    ) -> None:
         self.question, self.input_text, self.choices = question, input_text, choices
         self.tokenizer = tokenizer
         self.config = config or EnvConfig()
@@ -218,8 +224,10 @@ class PensieveEnv:
         live = {self.table[row].msg_id: pos for pos, row in enumerate(self.context)}
         for msg_id in ids:  # validate all first: a delete is all or nothing
             if msg_id in (0, 1):
-                raise ToolError(f"msg {msg_id} is the {'system' if msg_id == 0 else 'user'} message; "
-                                "user and system messages cannot be deleted")
+                raise ToolError(
+                    f"msg {msg_id} is the {'system' if msg_id == 0 else 'user'} message; "
+                    "user and system messages cannot be deleted"
+                )
             if msg_id not in live:
                 raise ToolError(f"msg {msg_id} does not exist; live ids are {_id_ranges(sorted(live))}")
         deleted, already = [], []
@@ -304,8 +312,16 @@ class PensieveEnv:
             self._end("max_rounds")
 
     # -- records -----------------------------------------------------------------------------
-    def trajectory(self, episode_id: str, task_id: str, policy: str, seed: int, correct: bool,
-                   weights: dict[str, float] | None = None, metadata: dict[str, Any] | None = None) -> Trajectory:
+    def trajectory(
+        self,
+        episode_id: str,
+        task_id: str,
+        policy: str,
+        seed: int,
+        correct: bool,
+        weights: dict[str, float] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Trajectory:
         """The finished episode as a record (SPEC 4)."""
         end_state = self.end_state or "max_rounds"
         components = reward_components(end_state, correct, self.format_errors)

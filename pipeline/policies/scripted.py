@@ -48,12 +48,18 @@ def _goals(question: str, notes: dict[str, str]) -> tuple[list[Goal], str] | Non
         return goals, "numbers"
     if m := re.search(r"keeps the secret of (\w+)", question):
         person = m.group(1)
-        goals = [Goal(f"codeword of {person}", f"secret of {person}",
-                      rf"secret of {re.escape(person)} is kept under the codeword ([\w-]+)")]
+        goals = [
+            Goal(
+                f"codeword of {person}",
+                f"secret of {person}",
+                rf"secret of {re.escape(person)} is kept under the codeword ([\w-]+)",
+            )
+        ]
         codeword = notes.get(f"codeword of {person}")
         if codeword:
-            goals.append(Goal(f"value of {codeword}", codeword,
-                              rf"value behind the codeword {re.escape(codeword)} is (\d+)"))
+            goals.append(
+                Goal(f"value of {codeword}", codeword, rf"value behind the codeword {re.escape(codeword)} is (\d+)")
+            )
         return goals, "last"
     return None
 
@@ -104,18 +110,27 @@ class ScriptedExpert:
         if not open_goals:
             return ToolCall("finish", {"answer": _answer(goals, notes, combine)})
         goal = open_goals[0]
-        if last and last.tool == "readChunk" and not last.stub:
-            if m := re.search(goal.pattern, last.body):
-                sentence = _sentence_around(last.body, m.start(), m.end())
-                return ToolCall("note", {"key": goal.key, "summary": m.group(1), "content": sentence})
-        search = next((t for t in reversed(tool_msgs) if t.tool == "searchEngine" and not t.stub
-                       and repr(goal.keyword) in t.body.split("\n", 1)[0]), None)
+        if last and last.tool == "readChunk" and not last.stub and (m := re.search(goal.pattern, last.body)):
+            sentence = _sentence_around(last.body, m.start(), m.end())
+            return ToolCall("note", {"key": goal.key, "summary": m.group(1), "content": sentence})
+        search = next(
+            (
+                t
+                for t in reversed(tool_msgs)
+                if t.tool == "searchEngine" and not t.stub and repr(goal.keyword) in t.body.split("\n", 1)[0]
+            ),
+            None,
+        )
         if search is None:
             return ToolCall("searchEngine", {"keyword": goal.keyword})
         if search.body.startswith("No chunk matches"):
             return ToolCall("finish", {"answer": _answer(goals, notes, combine) or "unknown"})
-        read = {int(c) for t in tool_msgs if t.tool == "readChunk" and t.msg_id > search.msg_id
-                for c in re.findall(r"chunk (\d+),", t.extra)}
+        read = {
+            int(c)
+            for t in tool_msgs
+            if t.tool == "readChunk" and t.msg_id > search.msg_id
+            for c in re.findall(r"chunk (\d+),", t.extra)
+        }
         for chunk_id in (int(c) for c in _HIT.findall(search.body)):
             if chunk_id not in read:
                 return ToolCall("readChunk", {"chunk_id": chunk_id})

@@ -87,7 +87,7 @@ def _lengths(rng: np.random.Generator, n: int, min_tokens: int, max_tokens: int)
     """Log-uniform lengths so short and long inputs are both well represented."""
     if n == 1 or min_tokens == max_tokens:
         return [int(min_tokens)] * n if n == 1 else [int(x) for x in np.linspace(min_tokens, max_tokens, n)]
-    return [int(round(x)) for x in np.geomspace(min_tokens, max_tokens, n)]
+    return [round(x) for x in np.geomspace(min_tokens, max_tokens, n)]
 
 
 def generate_niah(

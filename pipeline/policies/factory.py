@@ -1,0 +1,45 @@
+"""Build a policy from a recipe's `policy:` section."""
+
+from __future__ import annotations
+
+from pipeline.policies.base import Policy
+from pipeline.recipe import PolicySpec
+
+
+def make_policy(spec: PolicySpec) -> Policy:
+    """The policy a recipe names; heavy imports happen only for the kind asked for."""
+    template_kwargs = {} if spec.enable_thinking is None else {"enable_thinking": spec.enable_thinking}
+    if spec.kind == "scripted":
+        from pipeline.policies.scripted import ScriptedExpert
+
+        return ScriptedExpert()
+    if spec.kind == "hf":
+        from pipeline.policies.hf import HFPolicy
+
+        if not spec.model:
+            raise ValueError("policy.kind 'hf' needs policy.model (a local model directory)")
+        return HFPolicy(
+            spec.model,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            top_k=spec.top_k,
+            max_new_tokens=spec.max_tokens,
+            chat_template_kwargs=template_kwargs or None,
+        )
+    from pipeline.policies.openai_client import OpenAIPolicy
+
+    if not spec.model or not spec.base_url:
+        raise ValueError("policy.kind 'openai' needs policy.model and policy.base_url")
+    extra = {"chat_template_kwargs": template_kwargs} if template_kwargs else None
+    return OpenAIPolicy(
+        spec.base_url,
+        spec.model,
+        api_key=spec.api_key,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        max_tokens=spec.max_tokens,
+        timeout=spec.timeout,
+        max_retries=spec.max_retries,
+        extra_body=extra,
+    )

@@ -1,0 +1,98 @@
+"""Collection recipes (`recipes/<model>/teacher.yaml`): which tasks, which policy, which budgets.
+
+Validated with pydantic so a typo names the file and the field instead of failing mid-run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.env.pensieve import EnvConfig
+from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratedTasks(_Strict):
+    """Tasks made by a seeded generator (SPEC 3)."""
+
+    generator: Literal["niah", "multihop"]
+    n: int = Field(gt=0)
+    min_tokens: int = 1000
+    max_tokens: int = 8000
+    n_needles: int = Field(default=1, description="niah only: needles per haystack.")
+    seed: int = 0
+
+
+class TaskFile(_Strict):
+    """Tasks read from a JSONL file of task records (data/README.md)."""
+
+    file: str
+    limit: int | None = None
+
+
+class PolicySpec(_Strict):
+    """Which policy plays: the scripted expert, a local HF model, or an OpenAI-compatible endpoint."""
+
+    kind: Literal["scripted", "hf", "openai"]
+    model: str | None = Field(default=None, description="hf: local model path; openai: served model name.")
+    base_url: str | None = Field(default=None, description="openai: endpoint, e.g. http://host:8000/v1.")
+    api_key: str = "EMPTY"
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    max_tokens: int = Field(default=2048, description="Output cap per turn.")
+    timeout: float = 600.0
+    max_retries: int = 5
+    enable_thinking: bool | None = None
+
+
+class JudgeSpec(_Strict):
+    base_url: str
+    model: str
+    api_key: str = "EMPTY"
+
+
+class CollectRecipe(_Strict):
+    """Everything `statelm collect` needs."""
+
+    output_dir: str
+    student_tokenizer: str = Field(description="Path or hub id of the student's tokenizer (budgets count with it).")
+    tasks: list[GeneratedTasks | TaskFile]
+    policy: PolicySpec
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    samples_per_task: int = Field(default=1, gt=0)
+    concurrency: int = Field(default=8, gt=0)
+    seed: int = 0
+    rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
+    judge: JudgeSpec | None = None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def load_collect_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CollectRecipe:
+    """Read and validate a collection recipe; errors name the file and the field."""
+    data = load_yaml(path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return CollectRecipe.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: invalid recipe: {problems}") from exc

@@ -1,0 +1,202 @@
+"""Play episodes and append them to a trajectory file, resumably (SPEC 4).
+
+Episodes run concurrently (asyncio, bounded by a semaphore). Each finished episode is appended as one
+JSONL line at once, so a killed collection loses at most the episodes in flight; on restart, episode
+ids already in the file are skipped and a truncated last line is cut off, reported and re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.policies.base import Policy
+from pipeline.tasks.schema import Task
+from pipeline.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+Grader = Callable[[Task, str | None], bool]
+
+
+@dataclass
+class Episode:
+    """One episode to play: a task, a sample index, and the seed derived from both."""
+
+    task: Task
+    sample: int
+    seed: int
+
+    @property
+    def episode_id(self) -> str:
+        return f"{self.task.id}#{self.sample}"
+
+
+@dataclass
+class ExistingFile:
+    """What a previous run left in the trajectory file."""
+
+    episode_ids: set[str] = field(default_factory=set)
+    corrupt_lines: list[str] = field(default_factory=list)
+    truncated_tail: bool = False
+
+
+def plan_episodes(tasks: Iterable[Task], samples_per_task: int, seed: int) -> list[Episode]:
+    """Every (task, sample) pair with a seed that depends only on the ids, so reruns match."""
+    return [
+        Episode(task, sample, (zlib.crc32(f"{task.id}#{sample}".encode()) + seed) % 2**31)
+        for task in tasks
+        for sample in range(samples_per_task)
+    ]
+
+
+def scan_existing(path: Path) -> ExistingFile:
+    """Read a trajectory file from a previous run; cut off a truncated last line (a killed write)."""
+    found = ExistingFile()
+    if not path.exists():
+        return found
+    data = path.read_bytes()
+    keep = len(data)
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        found.truncated_tail = True
+    for line_no, raw in enumerate(data[:keep].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            found.episode_ids.add(json.loads(raw)["episode_id"])
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            found.corrupt_lines.append(f"{path}:{line_no}: {type(exc).__name__}: {exc}")
+    if found.truncated_tail:
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+    return found
+
+
+def iter_trajectories(path: str | Path, errors: list[str] | None = None) -> Iterable[Trajectory]:
+    """Valid trajectories of a file; invalid lines are skipped and described in `errors` (file:line)."""
+    path = Path(path)
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield Trajectory.model_validate_json(line)
+            except ValidationError as exc:
+                if errors is not None:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "record"
+                    errors.append(f"{path}:{line_no}: {where}: {first['msg']}")
+
+
+async def play_episode(
+    episode: Episode,
+    policy: Policy,
+    tokenizer: Any,
+    config: EnvConfig,
+    grader: Grader,
+    weights: dict[str, float] | None = None,
+) -> Trajectory:
+    """Run one episode to its end state and grade it."""
+    task = episode.task
+    env = await asyncio.to_thread(PensieveEnv, task.question, task.load_input(), tokenizer, config, task.choices)
+    turn = 0
+    while not env.done:
+        text = await policy.act(env.messages(), env.tools, seed=episode.seed + turn)
+        await asyncio.to_thread(env.step, text)
+        turn += 1
+    correct = env.end_state == "finished" and await asyncio.to_thread(grader, task, env.answer)
+    await asyncio.to_thread(lambda: env.input_tokens)  # record the input length even if never measured
+    return env.trajectory(
+        episode.episode_id,
+        task.id,
+        policy.name,
+        episode.seed,
+        correct,
+        weights,
+        metadata={"task_kind": task.kind, **{k: v for k, v in task.metadata.items() if k != "depths"}},
+    )
+
+
+async def collect(
+    episodes: list[Episode],
+    policy: Policy,
+    tokenizer: Any,
+    config: EnvConfig,
+    out_path: str | Path,
+    grader: Grader,
+    concurrency: int = 8,
+    weights: dict[str, float] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Play every episode not yet in `out_path`, appending each as soon as it ends."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    existing = scan_existing(out_path)
+    if existing.truncated_tail:
+        logger.warning("%s: the last line was truncated (a killed run); it was removed and will be re-run", out_path)
+    for problem in existing.corrupt_lines:
+        logger.warning("skipping corrupt line %s", problem)
+    todo = [e for e in episodes if e.episode_id not in existing.episode_ids]
+    semaphore, lock = asyncio.Semaphore(concurrency), asyncio.Lock()
+    failures: list[str] = []
+    bar = tqdm(total=len(episodes), initial=len(episodes) - len(todo), desc="episodes", disable=not progress)
+
+    async def run(episode: Episode) -> None:
+        async with semaphore:
+            try:
+                trajectory = await play_episode(episode, policy, tokenizer, config, grader, weights)
+            except Exception as exc:  # an infrastructure failure (server down): not written, re-run on resume
+                failures.append(f"{episode.episode_id}: {type(exc).__name__}: {exc}")
+                logger.error("episode %s failed: %s", episode.episode_id, exc)
+                return
+            line = trajectory.model_dump_json() + "\n"
+            async with lock:
+                with out_path.open("a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+            bar.update(1)
+            bar.set_postfix(end=trajectory.end_state, refresh=False)
+
+    with out_path.open("a", encoding="utf-8"):
+        pass  # the file exists even when every episode fails
+    await asyncio.gather(*(run(e) for e in todo))
+    bar.close()
+    return {
+        "played": len(todo) - len(failures),
+        "skipped_existing": len(episodes) - len(todo),
+        "failed": failures,
+        "truncated_tail_removed": existing.truncated_tail,
+        "corrupt_lines": existing.corrupt_lines,
+    }
+
+
+def summarize(trajectories: list[Trajectory]) -> dict[str, Any]:
+    """The figures of a trajectory file: end states, accuracy, context use, tool calls."""
+    n = len(trajectories)
+    tools = Counter(call["name"] for t in trajectories for turn in t.turns for call in turn.tool_calls)
+    peaks = [t.peak_context_tokens for t in trajectories]
+    return {
+        "episodes": n,
+        "end_states": dict(Counter(t.end_state for t in trajectories)),
+        "accuracy": sum(t.correct for t in trajectories) / n if n else 0.0,
+        "mean_reward": sum(t.reward for t in trajectories) / n if n else 0.0,
+        "mean_context_tokens": sum(t.mean_context_tokens for t in trajectories) / n if n else 0.0,
+        "peak_context_tokens": max(peaks, default=0),
+        "mean_peak_context_tokens": sum(peaks) / n if n else 0.0,
+        "mean_rounds": sum(t.rounds for t in trajectories) / n if n else 0.0,
+        "format_errors": sum(t.format_errors for t in trajectories),
+        "tool_calls": dict(tools.most_common()),
+        "deletions_per_episode": tools.get("deleteContext", 0) / n if n else 0.0,
+    }
