@@ -85,7 +85,12 @@ def tasks_convert(
     source: Annotated[Path, typer.Argument(help="The benchmark's released file (NovelQA: question file/folder).")],
     out: Annotated[Path, typer.Argument(help="Task JSONL to write.")],
     books: Annotated[Path | None, typer.Option(help="NovelQA: folder of book .txt files.")] = None,
-    corpus: Annotated[Path | None, typer.Option(help="BrowseComp-Plus: corpus JSONL.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="BrowseComp-Plus: corpus JSONL (docid, text, url).")] = None,
+    max_negatives: Annotated[int | None, typer.Option(help="BrowseComp-Plus: cap on negative docs.")] = None,
+    kind: Annotated[str | None, typer.Option(help="BrowseComp-Plus: grader kind, judge or exact.")] = None,
+    name: Annotated[str | None, typer.Option(help="RULER: task name used in ids (default: folder).")] = None,
+    docs_dir: Annotated[Path | None, typer.Option(help="Where huge inputs go (default: <out stem>_docs).")] = None,
+    inline_max_chars: Annotated[int | None, typer.Option(help="Inputs longer than this go to files.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Skip and count corrupt records.")] = False,
 ) -> None:
     """Convert a public benchmark's local files into task records (data/README.md)."""
@@ -93,7 +98,16 @@ def tasks_convert(
 
     if benchmark not in LOADERS:
         raise typer.BadParameter(f"unknown benchmark {benchmark!r}; choose from {sorted(LOADERS)}")
-    options = {"books_dir": books, "corpus": corpus, "skip_invalid": skip_invalid or None}
+    options = {
+        "books_dir": books,
+        "corpus": corpus,
+        "max_negatives": max_negatives,
+        "kind": kind,
+        "name": name,
+        "docs_dir": docs_dir,
+        "inline_max_chars": inline_max_chars,
+        "skip_invalid": skip_invalid or None,
+    }
     loaded = convert(benchmark, out, source, **{k: v for k, v in options.items() if v is not None})
     console.print(f"wrote {len(loaded)} tasks to [bold]{out}[/bold] (skipped {loaded.skipped} invalid records)")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
-_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_DECODER = json.JSONDecoder()
 _THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
 
 
@@ -47,27 +47,48 @@ def parse_tool_calls(text: str) -> ParsedOutput:
     think = _THINK.match(text)
     if think:
         out.reasoning = think.group(1).strip()
-    blocks = _BLOCK.findall(text)
-    opened, closed = text.count(TOOL_CALL_OPEN), text.count(TOOL_CALL_CLOSE)
-    if opened != closed or opened != len(blocks):
-        out.errors.append(
-            f"unbalanced tool call tags: {opened} '<tool_call>' and {closed} '</tool_call>'; "
-            'write each call as <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
-        )
-    if not blocks:
-        if not out.errors:
-            out.errors.append(
-                "no tool call found: every turn must call a tool, written as "
-                '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
-            )
-        return out
-    for number, body in enumerate(blocks, start=1):
-        call, error = _parse_block(body)
+    blocks, position, outside = 0, 0, []
+    while (start := text.find(TOOL_CALL_OPEN, position)) >= 0:
+        outside.append(text[position:start])
+        blocks += 1
+        call, error, position = _read_block(text, start + len(TOOL_CALL_OPEN))
         if error:
-            out.errors.append(f"tool call {number}: {error}")
+            out.errors.append(f"tool call {blocks}: {error}")
         else:
             out.calls.append(call)  # type: ignore[arg-type]
+    outside.append(text[position:])
+    stray_close = sum(part.count(TOOL_CALL_CLOSE) for part in outside)
+    if stray_close > 0:
+        out.errors.append(f"{stray_close} '</tool_call>' without a matching '<tool_call>'")
+    if not blocks and not out.errors:
+        out.errors.append(
+            "no tool call found: every turn must call a tool, written as "
+            '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
+        )
     return out
+
+
+def _read_block(text: str, body_start: int) -> tuple[ToolCall | None, str | None, int]:
+    """Parse the JSON object after `<tool_call>` (which may itself contain '</tool_call>' in strings).
+
+    Returns the call or an error, and where to continue scanning.
+    """
+    body_begin = len(text) - len(text[body_start:].lstrip())
+    try:
+        _, json_end = _DECODER.raw_decode(text, body_begin)
+    except json.JSONDecodeError:
+        json_end = -1
+    if json_end >= 0:
+        rest = text[json_end:]
+        if rest.lstrip().startswith(TOOL_CALL_CLOSE):
+            end = json_end + (len(rest) - len(rest.lstrip())) + len(TOOL_CALL_CLOSE)
+            call, error = _parse_block(text[body_start:json_end])
+            return call, error, end
+    close = text.find(TOOL_CALL_CLOSE, body_start)
+    if close < 0:
+        return None, f"'<tool_call>' is never closed by '</tool_call>': {_clip(text[body_start:])}", len(text)
+    call, error = _parse_block(text[body_start:close])
+    return call, error or "unexpected text after the JSON object", close + len(TOOL_CALL_CLOSE)
 
 
 def _parse_block(body: str) -> tuple[ToolCall | None, str | None]:
@@ -97,16 +118,26 @@ def format_tool_call(call: ToolCall | dict[str, Any]) -> str:
     """Render one call the way Qwen3's chat template does, so raw text and template output agree."""
     if isinstance(call, ToolCall):
         call = call.to_dict()
+    call = call.get("function", call)  # OpenAI-style {"type": "function", "function": {...}}
     arguments = call.get("arguments", {})
     args_json = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
     return f'{TOOL_CALL_OPEN}\n{{"name": "{call["name"]}", "arguments": {args_json}}}\n{TOOL_CALL_CLOSE}'
 
 
 def format_assistant_text(content: str, calls: list[ToolCall | dict[str, Any]]) -> str:
-    """Raw assistant text for a message given as content plus structured calls (e.g. from an API)."""
-    parts = [content.rstrip("\n")] if content and content.strip() else []
-    parts.extend(format_tool_call(call) for call in calls)
-    return "\n".join(parts)
+    """Raw assistant text for content plus structured calls, exactly as Qwen3's template renders a
+    non-final assistant turn (reasoning normalised to `<think>\n..\n</think>\n\n`)."""
+    content = content or ""
+    text = content
+    if "</think>" in content:
+        reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+        content = content.split("</think>")[-1].lstrip("\n")
+        text = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content}" if reasoning else content
+    for i, call in enumerate(calls):
+        if i or content:
+            text += "\n"
+        text += format_tool_call(call)
+    return text
 
 
 def _clip(text: str, limit: int = 120) -> str:

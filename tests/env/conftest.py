@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.env.parsing import format_assistant_text
+from pipeline.env.pensieve import EnvConfig, PensieveEnv
 
 
 @pytest.fixture(scope="session")

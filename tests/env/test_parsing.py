@@ -31,7 +31,8 @@ def test_errors_name_the_problem():
         "<tool_call>{not json}</tool_call>": "tool call 1: invalid JSON",
         '<tool_call>{"arguments": {}}</tool_call>': "missing or non-string 'name'",
         '<tool_call>{"name": "note", "arguments": [1]}</tool_call>': "'arguments' of note must be a JSON object",
-        '<tool_call>{"name": "note"}': "unbalanced tool call tags",
+        '<tool_call>{"name": "note"}': "is never closed",
+        '{"name": "note"}</tool_call>': "without a matching '<tool_call>'",
         '<tool_call>["a"]</tool_call>': "expected a JSON object",
     }
     for text, expected in cases.items():

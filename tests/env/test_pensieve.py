@@ -170,8 +170,10 @@ def test_trajectory_rebuilds_every_context(make_env):
     env.step(call("finish", answer="x"))
     traj = env.trajectory("e", "t", "test", 0, correct=False)
     contexts = [traj.context_messages(t) for t in traj.turns]
-    assert contexts[1][-2:] == [traj.messages[traj.turns[0].assistant].chat(),
-                                traj.messages[traj.turns[0].tool_results[0]].chat()]
+    assert contexts[1][-2:] == [
+        traj.messages[traj.turns[0].assistant].chat(),
+        traj.messages[traj.turns[0].tool_results[0]].chat(),
+    ]
     assert "Notebook: (empty)" in contexts[2][1]["content"] and "- k: s" in contexts[3][1]["content"]
     assert traj.turns[3].edited and traj.turns[2].edited and not traj.turns[1].edited
     assert [m.chat() for m in (traj.messages[i] for i in traj.final_context)] == env.messages()

@@ -32,7 +32,9 @@ plausible_args = st.fixed_dictionaries(
     },
 )
 well_formed = st.builds(
-    lambda names, args: format_assistant_text("", [{"name": n, "arguments": a} for n, a in zip(names, args)]),
+    lambda names, args: format_assistant_text(
+        "", [{"name": n, "arguments": a} for n, a in zip(names, args, strict=False)]
+    ),
     st.lists(st.sampled_from([*TOOL_NAMES, "fly"]), min_size=1, max_size=3),
     st.lists(plausible_args, min_size=3, max_size=3),
 )
@@ -50,7 +52,8 @@ def mutated(draw):
         elif op == "dup":
             text = text[:i] + text[i : i + 8] + text[i:]
         else:
-            text = text[:i] + draw(st.sampled_from(["{", "}", '"', "<tool_call>", "</tool_call>", "\\", "\n"])) + text[i:]
+            junk = draw(st.sampled_from(["{", "}", '"', "<tool_call>", "</tool_call>", "\\", "\n"]))
+            text = text[:i] + junk + text[i:]
     return text
 
 
