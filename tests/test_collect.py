@@ -116,3 +116,16 @@ def test_collection_killed_mid_run_resumes_with_every_episode_exactly_once(tiny_
     assert len(ids) == 40 and len(set(ids)) == 40
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["skipped_existing"] == written_before and report["accuracy"] == 1.0
+
+
+def test_random_hf_model_plays_without_crashing_and_ends_malformed(tiny_model_dir, tmp_path):
+    tasks = [{"generator": "niah", "n": 2, "min_tokens": 1000, "max_tokens": 1500}]
+    policy = {"kind": "hf", "model": str(tiny_model_dir), "temperature": 1.0, "max_tokens": 24}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", tasks, policy=policy)
+    result = CliRunner().invoke(app, ["collect", "--recipe", str(recipe), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["episodes"] == 2 and report["end_states"] == {"malformed": 2}
+    assert report["format_errors"] >= 6 and report["mean_reward"] == -1.0
+    traj = next(iter(iter_trajectories(tmp_path / "out" / "trajectories.jsonl")))
+    assert traj.policy.startswith("hf:") and "Error" in traj.messages[traj.turns[0].tool_results[0]].content
