@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.env.pensieve import EnvConfig
+from pipeline.env.registry import env_config
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
 
 
@@ -66,12 +67,17 @@ class CollectRecipe(_Strict):
     student_tokenizer: str = Field(description="Path or hub id of the student's tokenizer (budgets count with it).")
     tasks: list[GeneratedTasks | TaskFile]
     policy: PolicySpec
-    env: EnvConfig = Field(default_factory=EnvConfig)
+    env: Any = Field(default_factory=EnvConfig, description="Environment kind and its settings (env.registry).")
     samples_per_task: int = Field(default=1, gt=0)
     concurrency: int = Field(default=8, gt=0)
     seed: int = 0
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     judge: JudgeSpec | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> BaseModel:
+        return env_config(value)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

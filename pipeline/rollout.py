@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.env.registry import make_env
 from pipeline.policies.base import Policy
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
@@ -104,20 +104,21 @@ async def play_episode(
     episode: Episode,
     policy: Policy,
     tokenizer: Any,
-    config: EnvConfig,
+    config: Any,
     grader: Grader,
     weights: dict[str, float] | None = None,
 ) -> Trajectory:
     """Run one episode to its end state and grade it."""
     task = episode.task
-    env = await asyncio.to_thread(PensieveEnv, task.question, task.load_input(), tokenizer, config, task.choices)
+    env = await asyncio.to_thread(make_env, task, tokenizer, config)
     turn = 0
     while not env.done:
         text = await policy.act(env.messages(), env.tools, seed=episode.seed + turn)
         await asyncio.to_thread(env.step, text)
         turn += 1
     correct = env.end_state == "finished" and await asyncio.to_thread(grader, task, env.answer)
-    await asyncio.to_thread(lambda: env.input_tokens)  # record the input length even if never measured
+    if hasattr(env, "input_tokens"):
+        await asyncio.to_thread(lambda: env.input_tokens)  # record the input length even if never measured
     return env.trajectory(
         episode.episode_id,
         task.id,
@@ -133,7 +134,7 @@ async def collect(
     episodes: list[Episode],
     policy: Policy,
     tokenizer: Any,
-    config: EnvConfig,
+    config: Any,
     out_path: str | Path,
     grader: Grader,
     concurrency: int = 8,

@@ -9,7 +9,7 @@ every problem becomes an error tool message and a format error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -20,12 +20,14 @@ from pipeline.env.notebook import Notebook
 from pipeline.env.parsing import ToolCall, parse_tool_calls
 from pipeline.env.tools import tool_schemas, validate_arguments
 from pipeline.rewards import reward_components, weighted_reward
+from pipeline.tasks.schema import Task
 from pipeline.trajectory import MessageRecord, Trajectory, Turn
 
 
 class EnvConfig(BaseModel):
     """Budgets and tool settings; recipes set these under `env:`."""
 
+    kind: Literal["pensieve"] = "pensieve"
     max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
     max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
     max_rounds: int = Field(default=150, description="Assistant turns before the episode ends as max_rounds.")
@@ -79,6 +81,10 @@ class PensieveEnv:
         self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
         self.context_tokens = self.count_tokens()
         self._check_budgets()
+
+    @classmethod
+    def from_task(cls, task: Task, tokenizer: Any, config: EnvConfig) -> PensieveEnv:
+        return cls(task.question, task.load_input(), tokenizer, config, task.choices)
 
     # -- observation -------------------------------------------------------------------------
     def messages(self) -> list[dict[str, str]]:
