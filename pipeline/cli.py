@@ -131,6 +131,77 @@ def collect_cmd(
     _print_report(report, Path(loaded.output_dir) / "report.json")
 
 
+@app.command("curate")
+def curate_cmd(
+    recipe: Annotated[Path, typer.Option(help="Curate recipe YAML, e.g. recipes/tiny/curate.yaml.")],
+    inputs: Annotated[list[str] | None, typer.Option("--input", help="Trajectory JSONL (repeatable).")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Override the recipe's (student) tokenizer.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the recipe's seed (balancing choice).")] = None,
+    max_format_errors: Annotated[int | None, typer.Option(help="Override filters.max_format_errors.")] = None,
+    max_turns_per_segment: Annotated[int | None, typer.Option(help="1 gives per-turn snapshots.")] = None,
+    max_share: Annotated[float | None, typer.Option(help="Override balance.max_share (types without a cap).")] = None,
+    hub_id: Annotated[str | None, typer.Option(help="Push the dataset to this hub repo.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Reject sampling, action-type balancing and segmenting: trajectories -> SFT dataset + report.json."""
+    from pipeline.curate import load_curate_recipe, report_tables, run_curate
+
+    loaded = load_curate_recipe(
+        recipe,
+        {
+            "inputs": inputs or None,
+            "output_dir": output_dir,
+            "tokenizer": tokenizer,
+            "seed": seed,
+            "filters.max_format_errors": max_format_errors,
+            "segments.max_turns_per_segment": max_turns_per_segment,
+            "balance.max_share": max_share,
+            "hub_id": hub_id,
+            "push_to_hub": True if hub_id else None,
+        },
+    )
+    report = run_curate(loaded, progress=progress)
+    for table in report_tables(report):
+        console.print(table)
+    skipped = report["skipped_lines"] + report["duplicate_episodes"] + report["invalid_episodes"]
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} lines or episodes skipped:[/yellow]")
+        for line in skipped[:10]:
+            console.print(f"  {line}")
+    console.print(f"dataset in [bold]{report['dataset']}[/bold]")
+
+
+@app.command("eval")
+def eval_cmd(
+    recipe: Annotated[Path, typer.Option(help="Eval recipe YAML, e.g. recipes/tiny/eval.yaml.")],
+    model: Annotated[str | None, typer.Option(help="Evaluate this HF model folder/checkpoint instead.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Evaluate models (and baselines) on tasks: report.json, report.md, sawtooth and accuracy plots."""
+    from pipeline.evaluate import run_eval
+    from pipeline.recipe import EvalRecipe, load_recipe
+
+    overrides: dict = {"output_dir": output_dir}
+    if model:
+        overrides["models"] = {Path(model).name: {"kind": "hf", "model": model, "temperature": 0.0}}
+    loaded = load_recipe(EvalRecipe, recipe, overrides)
+    report = run_eval(loaded, progress=progress)
+    table = Table(title=f"evaluation ({loaded.output_dir}/report.md)")
+    for column in ("system", "accuracy", "finished", "mean context", "peak context"):
+        table.add_column(column)
+    for name, f in report["systems"].items():
+        table.add_row(
+            name,
+            f"{f['accuracy']:.0%}",
+            f"{f.get('finish_rate', 0):.0%}",
+            f"{f.get('mean_context_tokens', 0):.0f}",
+            str(f.get("peak_context_tokens", "-")),
+        )
+    console.print(table)
+
+
 def _print_report(report: dict, path: Path) -> None:
     table = Table(title=f"collection report ({path})")
     table.add_column("figure")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.policies.factory import make_policy
-from pipeline.recipe import CollectRecipe, GeneratedTasks
+from pipeline.recipe import CollectRecipe, GeneratedTasks, JudgeSpec, TaskFile
 from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
 from pipeline.tasks.generators import GENERATORS
 from pipeline.tasks.graders import grade
@@ -28,10 +28,10 @@ def load_tokenizer(name_or_path: str) -> Any:
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
-def build_tasks(recipe: CollectRecipe, tokenizer: Any) -> list[Task]:
-    """The recipe's tasks, generated (seeded) or read from files, in recipe order."""
+def build_tasks(sources: list[GeneratedTasks | TaskFile], tokenizer: Any) -> list[Task]:
+    """A recipe's tasks, generated (seeded) or read from files, in recipe order."""
     tasks: list[Task] = []
-    for source in recipe.tasks:
+    for source in sources:
         if isinstance(source, GeneratedTasks):
             kwargs = dict(
                 n=source.n,
@@ -52,12 +52,13 @@ def build_tasks(recipe: CollectRecipe, tokenizer: Any) -> list[Task]:
     return tasks
 
 
-def make_grader(recipe: CollectRecipe):
+def make_grader(judge_spec: JudgeSpec | None):
+    """grade(task, answer) with the recipe's LLM judge (needed only for `judge` tasks)."""
     judge = None
-    if recipe.judge is not None:
+    if judge_spec is not None:
         from pipeline.tasks.graders import JudgeConfig
 
-        judge = JudgeConfig(**recipe.judge.model_dump())
+        judge = JudgeConfig(**judge_spec.model_dump())
 
     def grader(task: Task, answer: str | None) -> bool:
         return grade(task, answer, judge=judge)
@@ -70,7 +71,7 @@ def run_collect(recipe: CollectRecipe, progress: bool = True) -> dict[str, Any]:
     out_dir = Path(recipe.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(recipe.student_tokenizer)
-    tasks = build_tasks(recipe, tokenizer)
+    tasks = build_tasks(recipe.tasks, tokenizer)
     episodes = plan_episodes(tasks, recipe.samples_per_task, recipe.seed)
     policy = make_policy(recipe.policy)
     path = out_dir / "trajectories.jsonl"
@@ -83,7 +84,7 @@ def run_collect(recipe: CollectRecipe, progress: bool = True) -> dict[str, Any]:
                 tokenizer,
                 recipe.env,
                 path,
-                make_grader(recipe),
+                make_grader(recipe.judge),
                 recipe.concurrency,
                 recipe.rewards,
                 progress,

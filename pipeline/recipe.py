@@ -95,10 +95,50 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_collect_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CollectRecipe:
     """Read and validate a collection recipe; errors name the file and the field."""
+    return load_recipe(CollectRecipe, path, overrides)
+
+
+class EvalRecipe(_Strict):
+    """Everything `statelm eval` needs: systems to compare, tasks, and the training-time environment."""
+
+    output_dir: str
+    student_tokenizer: str | None = Field(
+        default=None, description="Tokenizer budgets count with; default: the first HF model's folder."
+    )
+    tasks: list[GeneratedTasks | TaskFile]
+    models: dict[str, PolicySpec] = Field(description="Label -> policy of each model under test.")
+    baselines: list[Literal["scripted", "no_tools"]] = Field(default_factory=list)
+    no_tools_model: str | None = Field(default=None, description="Label of the model for the no-tools baseline.")
+    no_tools_max_tokens: int = Field(default=32000, description="Prompt + output window of the no-tools baseline.")
+    no_tools_max_output_tokens: int = 64
+    env: Any = Field(default_factory=EnvConfig)
+    samples_per_task: int = Field(default=1, gt=0)
+    concurrency: int = Field(default=4, gt=0)
+    seed: int = 0
+    rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
+    judge: JudgeSpec | None = None
+    sawtooth_episodes: int = 4
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> BaseModel:
+        return env_config(value)
+
+    def tokenizer_path(self) -> str:
+        if self.student_tokenizer:
+            return self.student_tokenizer
+        for spec in self.models.values():
+            if spec.kind == "hf" and spec.model:
+                return spec.model
+        raise ValueError("eval recipe: set student_tokenizer (no HF model to take the tokenizer from)")
+
+
+def load_recipe(model: type[BaseModel], path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """Read and validate any recipe model; errors name the file and the field."""
     data = load_yaml(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return CollectRecipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"{path}: invalid recipe: {problems}") from exc

@@ -7,12 +7,15 @@ merges across that boundary) so the Rust tokenizer can work on them in parallel.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import bm25s
 import numpy as np
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
 _PIECE_CHARS = 20_000
 _SNIPPET_CHARS = 80

@@ -1,0 +1,228 @@
+"""Evaluation (SPEC 7): play models on tasks in the same environment and budgets as training, report.
+
+Each system (a model under test, the scripted expert, the plain model reading everything without
+tools) writes its own resumable files under `<output_dir>/<system>/`; the report is computed from
+them: accuracy by task source and input-length bucket, end states, tool calls and error rate,
+mean/peak active context, rounds, plus a sawtooth plot and accuracy by input length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pipeline.collect import build_tasks, load_tokenizer, make_grader
+from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
+from pipeline.policies.factory import make_policy
+from pipeline.recipe import EvalRecipe, PolicySpec
+from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
+from pipeline.tasks.schema import Task
+from pipeline.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+BUCKETS = [(2_000, "<=2K"), (8_000, "2K-8K"), (32_000, "8K-32K"), (128_000, "32K-128K"), (512_000, "128K-512K")]
+NO_TOOLS_SYSTEM = "Read the text and answer the question. Reply with the answer only."
+
+
+def length_bucket(tokens: int | None) -> str:
+    for limit, label in BUCKETS:
+        if (tokens or 0) <= limit:
+            return label
+    return ">512K"
+
+
+def _source(metadata: dict[str, Any]) -> str:
+    return str(metadata.get("generator") or metadata.get("benchmark") or metadata.get("task_kind") or "tasks")
+
+
+def episode_report(trajectories: list[Trajectory]) -> dict[str, Any]:
+    """Summary figures plus accuracy by task source and by input-length bucket."""
+    report = summarize(trajectories)
+    turns = sum(len(t.turns) for t in trajectories)
+    report["format_error_rate"] = report["format_errors"] / turns if turns else 0.0
+    report["finish_rate"] = report["end_states"].get("finished", 0) / len(trajectories) if trajectories else 0.0
+    report["well_formed_finish_rate"] = (
+        sum(t.end_state == "finished" and t.format_errors == 0 for t in trajectories) / len(trajectories)
+        if trajectories
+        else 0.0
+    )
+    report["accuracy_by_task"] = _accuracy_by(trajectories, lambda t: _source(t.metadata))
+    report["accuracy_by_length"] = _accuracy_by(trajectories, lambda t: length_bucket(t.input_tokens))
+    by_bucket: dict[str, list[float]] = defaultdict(list)
+    for t in trajectories:
+        by_bucket[length_bucket(t.input_tokens)].append(t.mean_context_tokens)
+    report["mean_context_by_length"] = {k: sum(v) / len(v) for k, v in _ordered(by_bucket).items()}
+    return report
+
+
+def _accuracy_by(items: list[Any], key) -> dict[str, float]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(bool(item.correct if hasattr(item, "correct") else item["correct"]))
+    return {k: sum(v) / len(v) for k, v in _ordered(groups).items()}
+
+
+def _ordered(groups: dict[str, Any]) -> dict[str, Any]:
+    order = [label for _, label in BUCKETS] + [">512K"]
+    return dict(sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+async def no_tools_baseline(
+    tasks: list[Task], policy: Any, tokenizer: Any, max_context_tokens: int, max_output_tokens: int, grader, out: Path
+) -> list[dict[str, Any]]:
+    """The plain model reads the whole input in its prompt (when it fits) and answers directly."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                done[record["task_id"]] = record
+            except (json.JSONDecodeError, KeyError):
+                continue
+    results = list(done.values())
+    for task in tqdm([t for t in tasks if t.id not in done], desc="no-tools baseline"):
+        text = task.load_input()
+        messages = [
+            {"role": "system", "content": NO_TOOLS_SYSTEM},
+            {"role": "user", "content": f"{text}\n\nQuestion: {task.question}"},
+        ]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        input_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        fits = prompt_tokens + max_output_tokens <= max_context_tokens
+        answer = None
+        if fits:
+            raw = await policy.act(messages, [], seed=0)
+            answer = re.sub(r"<think>.*?</think>", "", raw, flags=re.DOTALL).strip()
+        record = {
+            "task_id": task.id,
+            "input_tokens": input_tokens,
+            "fits": fits,
+            "answer": answer,
+            "correct": bool(fits and grader(task, answer)),
+            "source": _source(task.metadata),
+        }
+        with out.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        results.append(record)
+    return results
+
+
+def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
+    """Play every system on the recipe's tasks and write report.json, report.md and the plots."""
+    out_dir = Path(recipe.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(recipe.tokenizer_path())
+    tasks = build_tasks(recipe.tasks, tokenizer)
+    episodes = plan_episodes(tasks, recipe.samples_per_task, recipe.seed)
+    grader = make_grader(recipe.judge)
+    systems: dict[str, PolicySpec] = dict(recipe.models)
+    if "scripted" in recipe.baselines:
+        systems["scripted_expert"] = PolicySpec(kind="scripted")
+    report: dict[str, Any] = {"tasks": len(tasks), "systems": {}}
+    for name, spec in systems.items():
+        policy = make_policy(spec)
+        path = out_dir / name / "trajectories.jsonl"
+
+        async def play(policy=policy, path=path) -> dict[str, Any]:
+            try:
+                return await collect(
+                    episodes, policy, tokenizer, recipe.env, path, grader, recipe.concurrency, recipe.rewards, progress
+                )
+            finally:
+                await policy.aclose()
+
+        run = asyncio.run(play())
+        trajectories = list(iter_trajectories(path))
+        report["systems"][name] = {**episode_report(trajectories), "failed": run["failed"]}
+        picks = _sawtooth_picks(trajectories, recipe.sawtooth_episodes)
+        budget = getattr(recipe.env, "max_context_tokens", None)
+        plot = sawtooth_plot(picks, out_dir / f"sawtooth_{name}.png", f"Active context per turn: {name}", budget)
+        report["systems"][name]["sawtooth_plot"] = plot.name
+    if "no_tools" in recipe.baselines:
+        spec = recipe.models[recipe.no_tools_model or next(iter(recipe.models))]
+        policy = make_policy(spec.model_copy(update={"max_tokens": recipe.no_tools_max_output_tokens}))
+        results = asyncio.run(
+            no_tools_baseline(
+                tasks,
+                policy,
+                tokenizer,
+                recipe.no_tools_max_tokens,
+                recipe.no_tools_max_output_tokens,
+                grader,
+                out_dir / "no_tools" / "results.jsonl",
+            )
+        )
+        for record in results:
+            record["bucket"] = length_bucket(record["input_tokens"])
+        report["systems"]["no_tools"] = {
+            "episodes": len(results),
+            "fits": sum(r["fits"] for r in results),
+            "accuracy": sum(r["correct"] for r in results) / len(results) if results else 0.0,
+            "accuracy_by_task": _accuracy_by(results, lambda r: r["source"]),
+            "accuracy_by_length": _accuracy_by(results, lambda r: r["bucket"]),
+        }
+    series = {name: figures["accuracy_by_length"] for name, figures in report["systems"].items()}
+    accuracy_by_length_plot(series, out_dir / "accuracy_by_length.png", "Accuracy by input length")
+    report["accuracy_plot"] = "accuracy_by_length.png"
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(markdown_summary(report))
+    return report
+
+
+def _sawtooth_picks(trajectories: list[Trajectory], n: int) -> list[Trajectory]:
+    """A few episodes spread over input lengths, preferring ones that deleted context."""
+    ranked = sorted(trajectories, key=lambda t: t.input_tokens or 0)
+    with_deletes = [t for t in ranked if any(c["name"] == "deleteContext" for u in t.turns for c in u.tool_calls)]
+    pool = with_deletes or ranked
+    if len(pool) <= n:
+        return pool
+    return [pool[round(i * (len(pool) - 1) / (n - 1))] for i in range(n)] if n > 1 else pool[-1:]
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """A short human summary of report.json with the plots embedded."""
+    lines = [
+        f"# Evaluation ({report['tasks']} tasks)",
+        "",
+        "| system | accuracy | finished | well-formed finished "
+        "| format errors / turn | mean context | peak context | mean rounds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in report["systems"].items():
+        if "end_states" not in f:
+            lines.append(f"| {name} | {f['accuracy']:.0%} | - | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {name} | {f['accuracy']:.0%} | {f['finish_rate']:.0%} | {f['well_formed_finish_rate']:.0%} | "
+            f"{f['format_error_rate']:.2f} | {f['mean_context_tokens']:.0f} | {f['peak_context_tokens']} | "
+            f"{f['mean_rounds']:.1f} |"
+        )
+    buckets = sorted(
+        {b for f in report["systems"].values() for b in f["accuracy_by_length"]},
+        key=lambda b: [label for _, label in BUCKETS].index(b) if b in dict(map(reversed, BUCKETS)) else 99,
+    )
+    lines += [
+        "",
+        "Accuracy by input length:",
+        "",
+        "| system | " + " | ".join(buckets) + " |",
+        "|---|" + "---|" * len(buckets),
+    ]
+    for name, f in report["systems"].items():
+        cells = [f"{f['accuracy_by_length'][b]:.0%}" if b in f["accuracy_by_length"] else "-" for b in buckets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"![accuracy by input length]({report['accuracy_plot']})", ""]
+    for name, f in report["systems"].items():
+        if "sawtooth_plot" in f:
+            lines += [f"![sawtooth {name}]({f['sawtooth_plot']})", ""]
+    return "\n".join(lines)
