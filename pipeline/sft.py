@@ -1,0 +1,233 @@
+"""Stage 2: supervised fine-tuning on curated segments (SPEC 1, 5): TRL SFTTrainer, DeepSpeed ZeRO-2/3, LoRA.
+
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m pipeline.sft --config recipes/qwen3-8b/sft.yaml
+    accelerate launch --config_file recipes/accelerate/cpu_zero2.yaml -m pipeline.sft --config recipes/tiny/sft.yaml
+
+The YAML sets fields of three dataclasses (ours, TRL's SFTConfig and ModelConfig); CLI flags override it.
+Loss is on the tokens whose completion_mask is 1. A rerun with the same output_dir resumes from the last
+complete checkpoint with the same data order, and does nothing if the run already finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+import transformers
+from accelerate import PartialState
+from transformers import AutoTokenizer, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+
+from pipeline.sft_data import describe, load_sft_dataset
+
+logger = logging.getLogger(__name__)
+REPORT = "report.json"
+# What a checkpoint holds besides the model files save_model writes (DeepSpeed adds latest, global_step*/...)
+TRAINING_STATE = re.compile(
+    r"optimizer.*|scheduler\.pt|scaler\.pt|rng_state.*|trainer_state\.json|"
+    r"training_args\.bin|latest|zero_to_.*\.py|global_step\d+"
+)
+
+
+@dataclass
+class SFTScriptArguments(ScriptArguments):
+    """What to train on. `dataset_name` (inherited) names a hub dataset instead of a local directory."""
+
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Directory of the SFT dataset written by `statelm curate` (save_to_disk)."}
+    )
+    recipe: str | None = field(
+        default=None, metadata={"help": "Recipe named in the model card; defaults to the --config file."}
+    )
+
+
+class StateLMSFTTrainer(SFTTrainer):
+    """SFTTrainer whose model card (written with each checkpoint and on push) also names base model, data, recipe."""
+
+    card_section = ""
+
+    def create_model_card(self, *args, **kwargs):
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero() and self.card_section:
+            with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
+                card.write(self.card_section)
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
+    if not torch.cuda.is_available():
+        # CPU defaults (the recipe and the CLI still win): no bf16 (the check wants a GPU), and with several
+        # processes an explicit gloo backend, without which accelerate takes a DeepSpeed launch for one process
+        # (with one process, gloo fails instead). Set before parsing: SFTConfig sets up the distributed state.
+        multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        parser.set_defaults_with_config(bf16=False, **({"ddp_backend": "gloo"} if multi_process else {}))
+    return parser
+
+
+def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
+    started = time.time()
+    set_seed(training_args.seed)
+    # Our messages at INFO on the main process; the libraries at the recipe's log_level (default: warnings)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    logger.info("script %s\nmodel %s", script_args, model_args)
+
+    # Resume point: an explicit checkpoint, else the last complete one in output_dir
+    output_dir = training_args.output_dir
+    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
+    finished = is_final(checkpoint, training_args.max_steps)
+    if finished and os.path.isfile(os.path.join(output_dir, REPORT)):
+        logger.info("%s already finished at %s; nothing to do", output_dir, checkpoint)
+        PartialState().destroy_process_group()
+        with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
+            return json.load(f)
+
+    trainer, data_report = build_trainer(script_args, training_args, model_args)
+
+    # Train (resumed: same data order, optimizer, scheduler and RNG state), then save the final model
+    if finished:
+        # Killed between the last checkpoint and the end: that checkpoint holds the final model. (Resuming
+        # there would train one step too many: Trainer checks max_steps only after a step.)
+        logger.info("training finished at %s; saving its model as the final one", checkpoint)
+        metrics, trainer.state.log_history = {}, trainer_state(checkpoint)["log_history"]
+        if trainer.accelerator.is_main_process:
+            copy_model_files(checkpoint, output_dir)
+    else:
+        logger.info("training from %s", checkpoint or "step 0")
+        metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        trainer.save_model(output_dir)
+
+    # Model card and push
+    card = {"dataset_name": script_args.dataset_name, "tags": ["statelm", "sft"]}
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(**card)
+        if not model_args.use_peft:  # gradient checkpointing turned the cache off; inference wants it
+            trainer.model.config.use_cache = True
+            trainer.model.config.save_pretrained(output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+
+    report = {
+        "stage": "sft",
+        "base_model": model_args.model_name_or_path,
+        "dataset": script_args.dataset_path or script_args.dataset_name,
+        "recipe": script_args.recipe,
+        "resumed_from": checkpoint,
+        "world_size": trainer.accelerator.num_processes,
+        "data": data_report,
+        "global_step": trainer.state.global_step or step_of(checkpoint),
+        "train": metrics,
+        "losses": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
+        "seconds": round(time.time() - started, 1),
+    }
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+
+    # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
+    trainer.end()
+    return report
+
+
+def build_trainer(
+    script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig
+) -> tuple[StateLMSFTTrainer, dict]:
+    """The trainer main() runs, and the dataset figures for the report."""
+    # TRL turns completion_mask into labels only with completion_only_loss=True; with False it trains on
+    # every token (documents, tool outputs) without a word, and None means False for a tokenized dataset.
+    if training_args.completion_only_loss is False:
+        raise ValueError("completion_only_loss=False would train on every token; SFT trains assistant tokens only")
+    training_args.completion_only_loss = True
+    dataset = load_sft_dataset(script_args.dataset_path, script_args.dataset_name, script_args.dataset_train_split)
+    data_report = describe(dataset, training_args.max_length)
+    logger.info("dataset %s", data_report)
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    # The trainer loads the model from the path once the DeepSpeed config exists (ZeRO-3 sharded loading)
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    trainer = StateLMSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
+    trainer.card_section = (
+        "\n## statelm\n\n"
+        f"- Base model: `{model_args.model_name_or_path}`\n"
+        f"- Data: `{script_args.dataset_path or script_args.dataset_name}` ({data_report['rows']} segments, "
+        f"{data_report['trained_tokens']} trained tokens of {data_report['tokens']})\n"
+        f"- Recipe: `{script_args.recipe}` ({method} fine-tune, loss on assistant tokens only)\n"
+    )
+    return trainer, data_report
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-<step> in output_dir that was fully written. A kill during a save leaves a
+    checkpoint without trainer_state.json (the Trainer writes it last), which get_last_checkpoint would pick."""
+    if not os.path.isdir(output_dir):
+        return None
+    complete = [
+        name
+        for name in os.listdir(output_dir)
+        if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name)
+        and os.path.isfile(os.path.join(output_dir, name, TRAINER_STATE_NAME))
+    ]
+    return os.path.join(output_dir, max(complete, key=step_of)) if complete else None
+
+
+def step_of(checkpoint: str | None) -> int:
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def is_final(checkpoint: str | None, max_steps: int) -> bool:
+    """Whether the checkpoint holds the run's last step (max_steps, or the total it planned by epochs)."""
+    if checkpoint is None:
+        return False
+    state = trainer_state(checkpoint)
+    return state["global_step"] >= (max_steps if max_steps > 0 else state["max_steps"])
+
+
+def trainer_state(checkpoint: str) -> dict:
+    with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def copy_model_files(checkpoint: str, output_dir: str) -> None:
+    for name in os.listdir(checkpoint):
+        path = os.path.join(checkpoint, name)
+        if os.path.isfile(path) and not TRAINING_STATE.fullmatch(name):
+            shutil.copy2(path, os.path.join(output_dir, name))
+
+
+if __name__ == "__main__":
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    if script_args.recipe is None and "--config" in sys.argv[:-1]:
+        script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
+    main(script_args, training_args, model_args)
