@@ -202,6 +202,72 @@ def eval_cmd(
     console.print(table)
 
 
+@app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sft_cmd(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Option(help="SFT recipe YAML, e.g. recipes/tiny/sft.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override the recipe's model_name_or_path.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Override the recipe's dataset_path.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's max_steps.")] = None,
+) -> None:
+    """SFT on curated segments in one process; resumes from the last checkpoint. More flags (any TRL SFTConfig or
+    ModelConfig field) pass through; several processes: `accelerate launch -m pipeline.sft --config <recipe>`."""
+    from pipeline.sft import main, make_parser
+
+    flags = ["--config", str(recipe)]
+    overrides = (
+        ("--output_dir", output_dir),
+        ("--model_name_or_path", model),
+        ("--dataset_path", dataset),
+        ("--max_steps", max_steps),
+    )
+    for flag, value in overrides:
+        flags += [flag, str(value)] if value is not None else []
+    script_args, training_args, model_args = make_parser().parse_args_and_config([*flags, *ctx.args])
+    script_args.recipe = script_args.recipe or str(recipe)
+    report = main(script_args, training_args, model_args)
+    table = Table(title=f"SFT report ({training_args.output_dir}/report.json)")
+    for column in ("step", "loss"):
+        table.add_column(column)
+    for entry in report["losses"]:
+        table.add_row(str(entry["step"]), f"{entry['loss']:.4g}")
+    console.print(table)
+    console.print(f"global step {report['global_step']}, {report['seconds']} s, model in {training_args.output_dir}")
+
+
+@app.command("grpo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def grpo_cmd(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Option(help="GRPO recipe YAML, e.g. recipes/tiny/grpo.yaml.")],
+    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override the recipe's model_name_or_path.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's max_steps.")] = None,
+) -> None:
+    """GRPO on whole episodes in one process; resumes from the last checkpoint. More flags (`--beta 0`, any TRL
+    GRPOConfig field) pass through; several processes: `accelerate launch -m pipeline.grpo --config <recipe>`."""
+    from pipeline.grpo import main, make_parser
+
+    flags = ["--config", str(recipe)]
+    for flag, value in (("--output_dir", output_dir), ("--model_name_or_path", model), ("--max_steps", max_steps)):
+        flags += [flag, str(value)] if value is not None else []
+    script_args, training_args, model_args = make_parser().parse_args_and_config([*flags, *ctx.args])
+    script_args.recipe = script_args.recipe or str(recipe)
+    report = main(script_args, training_args, model_args)
+    table = Table(title=f"GRPO report ({training_args.output_dir}/report.json)")
+    for column in ("step", "reward", "accuracy", "malformed", "trained tokens"):
+        table.add_column(column)
+    for step in report["steps"]:
+        table.add_row(
+            str(step["step"]),
+            f"{step.get('reward', 0):.3g}",
+            f"{step.get('episodes/accuracy', 0):.0%}",
+            f"{step.get('episodes/malformed', 0):.0%}",
+            f"{step.get('tokens/trained', 0):.0f}",
+        )
+    console.print(table)
+
+
 def _print_report(report: dict, path: Path) -> None:
     table = Table(title=f"collection report ({path})")
     table.add_column("figure")

@@ -1,0 +1,189 @@
+"""Stage 3: GRPO on whole Pensieve episodes (SPEC 1, 6): TRL GRPOTrainer, vLLM or HF generation, DeepSpeed.
+
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m pipeline.grpo --config recipes/qwen3-8b/grpo.yaml
+    accelerate launch --config_file recipes/accelerate/cpu_zero2.yaml -m pipeline.grpo --config recipes/tiny/grpo.yaml
+    statelm grpo --recipe recipes/tiny/grpo.yaml
+
+The YAML sets fields of three dataclasses (ours, our StateLMGRPOConfig which extends TRL's GRPOConfig, and
+TRL's ModelConfig); CLI flags override it. The episode loop, segments and snapshot sampling are in
+pipeline/grpo_trainer.py. A rerun with the same output_dir resumes from the last complete checkpoint, and does
+nothing if the run already finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+import transformers
+from accelerate import PartialState
+from pydantic import TypeAdapter, ValidationError
+from transformers import AutoTokenizer, set_seed
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+
+from pipeline.collect import build_tasks
+from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
+from pipeline.recipe import GeneratedTasks, TaskFile
+from pipeline.sft import copy_model_files, is_final, last_complete_checkpoint, step_of, trainer_state
+
+logger = logging.getLogger(__name__)
+REPORT = "report.json"
+# Per-step figures copied from the log history into report.json
+REPORTED = ("reward", "episodes/accuracy", "episodes/malformed", "episodes/finished", "tokens/trained", "loss")
+
+
+@dataclass
+class GRPOScriptArguments(ScriptArguments):
+    """Which tasks the episodes are played on: the same `tasks:` list as a collection recipe."""
+
+    tasks: list[dict] | None = field(
+        default=None,
+        metadata={"help": "Task sources: {generator: niah|multihop, n, min_tokens, ...} or {file, limit}."},
+    )
+    recipe: str | None = field(
+        default=None, metadata={"help": "Recipe named in the model card; defaults to the --config file."}
+    )
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((GRPOScriptArguments, StateLMGRPOConfig, ModelConfig))
+    if not torch.cuda.is_available():
+        # As in pipeline/sft.py: no bf16 on CPU, and gloo with several processes (set before parsing: the config
+        # sets up the distributed state). No activation checkpointing by default either (TRL turns it on).
+        multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        parser.set_defaults_with_config(
+            bf16=False, activation_checkpointing=False, **({"ddp_backend": "gloo"} if multi_process else {})
+        )
+    return parser
+
+
+def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, model_args: ModelConfig) -> dict:
+    started = time.time()
+    set_seed(training_args.seed)
+    log_level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=log_level, stream=sys.stdout)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.info("script %s\nmodel %s", script_args, model_args)
+
+    # Resume point: an explicit checkpoint, else the last complete one in output_dir
+    output_dir = training_args.output_dir
+    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
+    finished = is_final(checkpoint, training_args.max_steps)
+    if finished and os.path.isfile(os.path.join(output_dir, REPORT)):
+        logger.info("%s already finished at %s; nothing to do", output_dir, checkpoint)
+        PartialState().destroy_process_group()
+        with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
+            return json.load(f)
+
+    trainer = build_trainer(script_args, training_args, model_args)
+
+    # Train (resumed: same task order, optimizer, scheduler and RNG state), then save the final model
+    if finished:
+        # Killed between the last checkpoint and the end: that checkpoint holds the final model
+        logger.info("training finished at %s; saving its model as the final one", checkpoint)
+        metrics, trainer.state.log_history = {}, trainer_state(checkpoint)["log_history"]
+        if trainer.accelerator.is_main_process:
+            copy_model_files(checkpoint, output_dir)
+    else:
+        logger.info("training from %s", checkpoint or "step 0")
+        metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        trainer.save_model(output_dir)
+
+    # Model card and push
+    card = {"tags": ["statelm", "grpo"]}
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(**card)
+        if not model_args.use_peft:  # activation checkpointing turned the cache off; inference wants it
+            trainer.model.config.use_cache = True
+            trainer.model.config.save_pretrained(output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+
+    history = trainer.state.log_history
+    report = {
+        "stage": "grpo",
+        "base_model": model_args.model_name_or_path,
+        "recipe": script_args.recipe,
+        "tasks": len(trainer.train_dataset),
+        "resumed_from": checkpoint,
+        "world_size": trainer.accelerator.num_processes,
+        "episodes_per_step": training_args.tasks_per_generation * training_args.num_episodes_per_task,
+        "global_step": trainer.state.global_step or step_of(checkpoint),
+        "train": metrics,
+        "steps": [{"step": e["step"], **{k: e[k] for k in REPORTED if k in e}} for e in history if "reward" in e],
+        "seconds": round(time.time() - started, 1),
+    }
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+
+    # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
+    trainer.end()
+    return report
+
+
+def build_trainer(
+    script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, model_args: ModelConfig
+) -> StateLMGRPOTrainer:
+    """The trainer main() runs: tasks, tokenizer, model path (loaded by TRL once the DeepSpeed config exists)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    try:
+        sources = TypeAdapter(list[GeneratedTasks | TaskFile]).validate_python(script_args.tasks or [])
+    except ValidationError as exc:
+        raise ValueError(f"tasks: {exc}") from exc
+    if not sources:
+        raise ValueError("tasks: the recipe lists no task source ({generator: ...} or {file: ...})")
+    tasks = build_tasks(sources, tokenizer)
+    logger.info(
+        "%d tasks; %d episodes per step, %d training rows per process in %d micro-steps",
+        len(tasks),
+        training_args.tasks_per_generation * training_args.num_episodes_per_task,
+        training_args.steps_per_generation * training_args.per_device_train_batch_size,
+        training_args.steps_per_generation,
+    )
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    trainer = StateLMGRPOTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=tasks_dataset(tasks),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
+    trainer.card_section = (
+        "\n## statelm\n\n"
+        f"- Base model: `{model_args.model_name_or_path}`\n"
+        f"- Tasks: {len(tasks)} ({', '.join(sorted({t.kind for t in tasks}))}); "
+        f"{training_args.num_episodes_per_task} episodes per task, "
+        f"at most {training_args.max_segments_per_episode} segments trained per episode\n"
+        f"- Recipe: `{script_args.recipe}` ({method} GRPO, advantage {training_args.advantage}, "
+        f"beta {training_args.beta}, rewards {training_args.rewards})\n"
+    )
+    return trainer
+
+
+if __name__ == "__main__":
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    if script_args.recipe is None and "--config" in sys.argv[:-1]:
+        script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
+    main(script_args, training_args, model_args)
