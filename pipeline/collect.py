@@ -42,6 +42,8 @@ def build_tasks(sources: list[GeneratedTasks | TaskFile], tokenizer: Any) -> lis
             )
             if source.generator == "niah":
                 kwargs["n_needles"] = source.n_needles
+            if source.generator == "inventory":  # unset fields keep the generator's defaults
+                kwargs.update(source.model_dump(include={"n_chunks", "chunk_size"}, exclude_none=True))
             tasks += GENERATORS[source.generator](**kwargs)
         else:
             tasks += read_tasks(source.file)[: source.limit]

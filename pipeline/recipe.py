@@ -23,11 +23,13 @@ class _Strict(BaseModel):
 class GeneratedTasks(_Strict):
     """Tasks made by a seeded generator (SPEC 3)."""
 
-    generator: Literal["niah", "multihop"]
+    generator: Literal["niah", "multihop", "inventory", "aggregation"]
     n: int = Field(gt=0)
     min_tokens: int = 1000
     max_tokens: int = 8000
     n_needles: int = Field(default=1, description="niah only: needles per haystack.")
+    n_chunks: int | None = Field(default=None, gt=0, description="inventory only: chunks per stream.")
+    chunk_size: int | None = Field(default=None, gt=0, description="inventory only: words per chunk.")
     seed: int = 0
 
 
@@ -41,7 +43,7 @@ class TaskFile(_Strict):
 class PolicySpec(_Strict):
     """Which policy plays: the scripted expert, a local HF model, or an OpenAI-compatible endpoint."""
 
-    kind: Literal["scripted", "hf", "openai"]
+    kind: Literal["scripted", "scripted_rlm", "hf", "openai"]
     model: str | None = Field(default=None, description="hf: local model path; openai: served model name.")
     base_url: str | None = Field(default=None, description="openai: endpoint, e.g. http://host:8000/v1.")
     api_key: str = "EMPTY"

@@ -11,10 +11,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.env.base import Environment
+from pipeline.env.inventory import InventoryConfig, InventoryEnv
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.env.rlm import RLMConfig, RLMEnv
 from pipeline.tasks.schema import Task
 
-ENVIRONMENTS: dict[str, tuple[type[BaseModel], type]] = {"pensieve": (EnvConfig, PensieveEnv)}
+ENVIRONMENTS: dict[str, tuple[type[BaseModel], type]] = {
+    "pensieve": (EnvConfig, PensieveEnv),
+    "inventory": (InventoryConfig, InventoryEnv),
+    "rlm": (RLMConfig, RLMEnv),
+}
 
 
 def env_config(data: Any) -> BaseModel:

@@ -10,9 +10,14 @@ def make_policy(spec: PolicySpec) -> Policy:
     """The policy a recipe names; heavy imports happen only for the kind asked for."""
     template_kwargs = {} if spec.enable_thinking is None else {"enable_thinking": spec.enable_thinking}
     if spec.kind == "scripted":
+        from pipeline.policies.inventory_expert import ScriptedExperts
         from pipeline.policies.scripted import ScriptedExpert
 
-        return ScriptedExpert()
+        return ScriptedExperts(ScriptedExpert())  # picks the Inventory expert in Inventory contexts
+    if spec.kind == "scripted_rlm":
+        from pipeline.policies.rlm_expert import ScriptedRLMExpert
+
+        return ScriptedRLMExpert()
     if spec.kind == "hf":
         from pipeline.policies.hf import HFPolicy
 

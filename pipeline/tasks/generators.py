@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.tasks.aggregation import generate_aggregation
+from pipeline.tasks.inventory import generate_inventory
 from pipeline.tasks.schema import Task
 from pipeline.tasks.words import FILLER_WORDS, KEY_ADJECTIVES, KEY_NOUNS, PERSON_NAMES
 
@@ -179,4 +181,9 @@ def generate_multihop(
     return tasks
 
 
-GENERATORS = {"niah": generate_niah, "multihop": generate_multihop}
+GENERATORS = {
+    "niah": generate_niah,
+    "multihop": generate_multihop,
+    "inventory": generate_inventory,
+    "aggregation": generate_aggregation,
+}

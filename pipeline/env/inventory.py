@@ -1,0 +1,274 @@
+"""The Inventory environment (SPEC 2 "Variants"): track an inventory through a stream, with a memory wipe.
+
+The task input is a stream of chunks of noise words with `[GET item]` / `[DROP item]` commands
+(pipeline/tasks/inventory.py). Turn k shows the model exactly two messages: the system prompt, and one
+user message holding its own previous output (its reasoning block removed) and chunk k. The model
+answers with its updated state, ending in the line `Inventory: [item, item]`; after the last chunk that
+line is the final answer. Then the context is wiped: the next turn starts again from the system prompt.
+
+Message table and turns follow the Pensieve contracts (pipeline/trajectory.py): every user and
+assistant message is stored once, `turn.context` is [system, that turn's user message], and every turn
+that is followed by a wipe is marked `edited`, so the segmenter makes one segment per turn.
+
+Each turn's parsed output is recorded as one action in `turn.tool_calls`: `inventory` (the carried
+state) or, on the last chunk, `finish` with the answer, so action balancing and the "ended by finish"
+check of curation apply unchanged. There are no tools: `tools` is [].
+
+End states: `finished` (the last chunk's output has an inventory line), `malformed` (no inventory line
+in `max_format_errors` consecutive outputs, or in the last one), `over_budget` (system prompt + carried
+output + chunk + `max_output_tokens` exceed `max_context_tokens`), `max_rounds` (more chunks than
+`max_rounds`). `step` never raises on model output.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.env.pensieve import StepResult
+from pipeline.rewards import reward_components, weighted_reward
+from pipeline.tasks.graders import grade_set
+from pipeline.tasks.inventory import inventory_states
+from pipeline.tasks.schema import DOCUMENT_SEPARATOR, Task
+from pipeline.trajectory import MessageRecord, Trajectory, Turn
+
+SYSTEM_PROMPT = """You keep an inventory while a long stream of text is shown to you one chunk at a time.
+The stream is mostly noise. Only the commands change the inventory: [GET item] adds the item, [DROP item]
+removes it (dropping an item you do not hold changes nothing). The inventory starts empty.
+Your memory is wiped after every chunk: nothing you saw survives except your own last output, which is
+shown to you again together with the next chunk. So end every message with your complete current
+inventory on one line, written exactly as
+Inventory: [item, item]
+(Inventory: [] when it is empty). After the last chunk, that line is your final answer."""
+
+PREVIOUS_HEADER = "Your previous output:"
+FIRST_TURN = f"{PREVIOUS_HEADER} (none: this is the first chunk, the inventory is empty)"
+CHUNK_HEADER = re.compile(r"^Chunk (\d+) of (\d+):$", re.MULTILINE)
+STEP_INSTRUCTION = "Apply this chunk's commands and write your updated inventory as Inventory: [item, item]."
+FINAL_INSTRUCTION = (
+    "This was the last chunk. Apply its commands and give your final inventory as Inventory: [item, item]."
+)
+NO_INVENTORY = (
+    "your previous output had no inventory line; end every message with Inventory: [item, item] "
+    "(Inventory: [] when empty)."
+)
+_INVENTORY = re.compile(r"Inventory:\s*\[([^\[\]]*)\]", re.IGNORECASE)
+
+
+class InventoryConfig(BaseModel):
+    """Budgets; recipes set these under `env: {kind: inventory, ...}` (stream sizes belong to the tasks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["inventory"] = "inventory"
+    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
+    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
+    max_rounds: int = Field(default=150, description="Turns (chunks) before the episode ends as max_rounds.")
+    max_format_errors: int = Field(default=3, description="Consecutive outputs without inventory before 'malformed'.")
+    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
+
+
+def visible_text(raw: str) -> str:
+    """What survives the wipe: the output without its reasoning (an unclosed `<think>` hides the rest)."""
+    text = raw.split("</think>")[-1]
+    return text.split("<think>")[0].strip()
+
+
+def parse_inventory(text: str) -> list[str] | None:
+    """Items of the last `Inventory: [...]` line, in order, without quotes; None if there is none."""
+    matches = _INVENTORY.findall(text)
+    if not matches:
+        return None
+    items = [item.strip().strip("'\"`*").strip() for item in matches[-1].split(",")]
+    return [item for item in items if item]
+
+
+def format_inventory(items: list[str]) -> str:
+    return f"Inventory: [{', '.join(items)}]"
+
+
+def user_message(previous: str | None, chunk: str, index: int, total: int, error: str | None = None) -> str:
+    """Turn `index`'s only user message: the carried output, the chunk, the instruction (and any error)."""
+    parts = [FIRST_TURN] if previous is None else [f"{PREVIOUS_HEADER}\n{previous or '(empty)'}"]
+    parts.append(f"Chunk {index + 1} of {total}:\n{chunk}")
+    if error:
+        parts.append(f"Error: {error}")
+    parts.append(FINAL_INSTRUCTION if index == total - 1 else STEP_INSTRUCTION)
+    return "\n\n".join(parts)
+
+
+class InventoryEnv:
+    """One episode over one stream. Build a new env per episode."""
+
+    name = "inventory"
+
+    def __init__(self, chunks: list[str], tokenizer: Any, config: InventoryConfig | None = None) -> None:
+        if not chunks:
+            raise ValueError("InventoryEnv: the stream has no chunks")
+        self.chunks = chunks
+        self.tokenizer = tokenizer
+        self.config = config or InventoryConfig()
+        self.tools: list[dict[str, Any]] = []
+        self.states = inventory_states(chunks)  # the true inventory after each chunk
+        self.state_correct: list[bool] = []
+        self.table: list[MessageRecord] = [MessageRecord(role="system", content=SYSTEM_PROMPT, msg_id=0)]
+        self.context: list[int] = [0]
+        self.turns: list[Turn] = []
+        self.chunk_index = 0
+        self.rounds = 0
+        self.format_errors = 0
+        self.consecutive_errors = 0
+        self.final_items: list[str] | None = None
+        self.done = False
+        self.end_state: str | None = None
+        self.answer: str | None = None
+        self._input_tokens: int | None = None
+        self._show(user_message(None, chunks[0], 0, len(chunks)))
+
+    @classmethod
+    def from_task(cls, task: Task, tokenizer: Any, config: InventoryConfig) -> InventoryEnv:
+        chunks = task.documents if task.documents is not None else task.load_input().split(DOCUMENT_SEPARATOR)
+        return cls(list(chunks), tokenizer, config)
+
+    # -- observation -------------------------------------------------------------------------
+    def messages(self) -> list[dict[str, str]]:
+        """The live context as chat messages (what the policy sees)."""
+        return [self.table[i].chat() for i in self.context]
+
+    def render(self, add_generation_prompt: bool = True) -> str:
+        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
+        return self.tokenizer.apply_chat_template(
+            self.messages(), tools=None, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+
+    def count_tokens(self) -> int:
+        """Tokens of the rendered context with the generation prompt, in the student's tokenizer."""
+        return len(self.tokenizer(self.render(), add_special_tokens=False)["input_ids"])
+
+    @property
+    def input_tokens(self) -> int:
+        """The whole stream's length in student tokens."""
+        if self._input_tokens is None:
+            text = DOCUMENT_SEPARATOR.join(self.chunks)
+            self._input_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._input_tokens
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, raw_text: str) -> StepResult:
+        """Apply one assistant message, then wipe the context. Never raises on model output."""
+        if self.done:
+            return StepResult(True, self.end_state, 0, False)
+        self.rounds += 1
+        context_before, tokens_before = list(self.context), self.context_tokens
+        raw = raw_text if isinstance(raw_text, str) else str(raw_text)
+        assistant_row = len(self.table)
+        self.table.append(MessageRecord(role="assistant", content=raw))
+        carried = visible_text(raw)
+        items = parse_inventory(carried)
+        index, last = self.chunk_index, self.chunk_index == len(self.chunks) - 1
+        self.state_correct.append(items is not None and grade_set(", ".join(items), self.states[index]))
+        errors = int(items is None)
+        self.format_errors += errors
+        self.consecutive_errors = self.consecutive_errors + 1 if errors else 0
+        if items is None:
+            calls = []
+        elif last:
+            calls = [{"name": "finish", "arguments": {"answer": ", ".join(items)}}]
+        else:
+            calls = [{"name": "inventory", "arguments": {"items": items}}]
+        edited = False
+        if last:
+            self.final_items = items
+            if items is None:
+                self._end("malformed")
+            else:
+                self.answer = ", ".join(items)
+                self._end("finished")
+        elif self.consecutive_errors >= self.config.max_format_errors:
+            self._end("malformed")
+        elif self.rounds >= self.config.max_rounds:
+            self._end("max_rounds")
+        else:  # the memory wipe: only the carried output goes on
+            self.chunk_index += 1
+            self.context = [0]
+            error = NO_INVENTORY if errors else None
+            self._show(user_message(carried, self.chunks[self.chunk_index], self.chunk_index, len(self.chunks), error))
+            edited = True
+        if not edited:  # the episode ended here: its last context keeps the answer
+            self.context.append(assistant_row)
+            self.context_tokens = self.count_tokens()
+        self.turns.append(
+            Turn(
+                index=len(self.turns),
+                context=context_before,
+                assistant=assistant_row,
+                tool_calls=calls,
+                tool_results=[],
+                context_tokens_before=tokens_before,
+                context_tokens_after=self.context_tokens,
+                edited=edited,
+                format_errors=errors,
+            )
+        )
+        return StepResult(self.done, self.end_state, errors, edited)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _show(self, content: str) -> None:
+        """Add the turn's user message to the (wiped) context and check the budget for the next output."""
+        self.table.append(MessageRecord(role="user", content=content))
+        self.context.append(len(self.table) - 1)
+        self.context_tokens = self.count_tokens()
+        if self.context_tokens + self.config.max_output_tokens > self.config.max_context_tokens:
+            self._end("over_budget")
+
+    def _end(self, state: str) -> None:
+        self.done, self.end_state = True, state
+
+    # -- records -----------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """Episode figures kept in the trajectory metadata. `state_accuracy` is over the whole stream:
+        a chunk the episode never reached counts as a state not carried."""
+        return {
+            "episode_length": len(self.turns),
+            "chunks_total": len(self.chunks),
+            "final_item_count": None if self.final_items is None else len(self.final_items),
+            "gold_item_count": len(self.states[-1]),
+            "state_correct": list(self.state_correct),
+            "state_accuracy": sum(self.state_correct) / len(self.chunks),
+        }
+
+    def trajectory(
+        self,
+        episode_id: str,
+        task_id: str,
+        policy: str,
+        seed: int,
+        correct: bool,
+        weights: dict[str, float] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Trajectory:
+        """The finished episode as a record (SPEC 4); the metrics go into its metadata."""
+        end_state = self.end_state or "max_rounds"
+        components = reward_components(end_state, correct, self.format_errors)
+        return Trajectory(
+            episode_id=episode_id,
+            task_id=task_id,
+            policy=policy,
+            seed=seed,
+            env=self.name,
+            end_state=end_state,  # type: ignore[arg-type]
+            answer=self.answer,
+            correct=correct,
+            reward=weighted_reward(components, weights),
+            reward_components=components,
+            format_errors=self.format_errors,
+            rounds=self.rounds,
+            input_tokens=self.input_tokens,
+            tools=self.tools,
+            messages=self.table,
+            turns=self.turns,
+            final_context=list(self.context),
+            metadata={**(metadata or {}), **self.metrics()},
+        )

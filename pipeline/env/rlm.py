@@ -1,0 +1,519 @@
+"""The RLM environment (recursive language model, SPEC 2): the input lives in a Python REPL.
+
+The model never sees the input. It writes ```python blocks; each runs in a sandboxed REPL process
+(`pipeline/env/sandbox.py`) where the input is the string `context`, the state persists across
+turns, and `llm_query(prompt)` / `llm_query_batched(prompts)` ask a sub-model (any policy, run by the
+host with bounded parallelism). The model answers by filling the dict `answer` and setting
+`answer["ready"] = True`; the episode ends after that block.
+
+`step(raw_text)` appends the assistant message, runs its blocks in order, and appends one tool
+message per block with the block's output (cut to `max_output_chars`, with a note saying so). Each
+block is one action in `turn.tool_calls`: `python` {code}, or `finish` {code, answer} for the block
+that submitted the answer (so curation's "ended through finish" holds as in Pensieve). What counts
+as what:
+
+- **format error** (the model's output is not a well-formed action): no complete ```python block in
+  the message; a block that does not parse (SyntaxError; later blocks of the message do not run).
+  After `max_format_errors` consecutive turns with one, the episode ends as `malformed`.
+- **runtime observation** (a well-formed action that failed): exceptions, timeouts, the sandbox
+  refusing something, memory errors, a REPL that died and restarts. The model sees the traceback or
+  note; the turn is not a format error.
+
+Budgets as in Pensieve: `max_rounds` (`max_rounds`), rendered context + `max_output_tokens` over
+`max_context_tokens` (`over_budget`), and a time budget, the REPL and sub-model seconds of the episode
+over `max_episode_seconds` (`over_budget`). Sub-calls (prompt, reply, token counts, seconds) and
+per-block figures are recorded in the trajectory's `metadata["rlm"]`. `step` never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import weakref
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.env.sandbox import BlockOutcome, Sandbox, SandboxConfig
+from pipeline.rewards import reward_components, weighted_reward
+from pipeline.tasks.schema import Task
+from pipeline.trajectory import MessageRecord, Trajectory, Turn
+
+SYSTEM_PROMPT = """You answer a question about a long input that is NOT in your context. The input is stored in a \
+Python REPL as the string variable `context`. Work by writing Python code in ```python blocks: the REPL runs the \
+blocks of your message in order and shows you what they print (long output is cut, so print lengths, slices and \
+summaries, not the whole input). Variables persist between your messages.
+
+In the REPL:
+- `context`: the input text.
+- `llm_query(prompt)` asks a sub-model one question and returns its reply as a string; `llm_query_batched(prompts)` \
+asks a list of prompts at once (much faster than a loop) and returns the replies in order. The sub-model does not \
+see `context`: put the text it needs into each prompt, e.g. one chunk per prompt.
+- `answer`: a dict. Put your final answer in `answer["content"]` and set `answer["ready"] = True` to submit it; the \
+episode ends after that block.
+
+The REPL is sandboxed: standard library only, no network, no subprocesses or threads, files only in the current \
+directory, and each block has a time limit. Every message must contain at least one ```python block."""
+
+RLM_MARKER = "stored in a Python REPL as the string variable `context`"  # lets policies recognise an RLM episode
+NO_SUB_MODEL = "no sub-model is configured for this episode"
+_BLOCK = re.compile(r"```(?:python3?|py|repl)[ \t]*\n(.*?)```", re.DOTALL)
+_OPEN_FENCE = re.compile(r"```(?:python3?|py|repl)[ \t]*\n")
+
+
+class RLMConfig(BaseModel):
+    """Budgets, output and sub-model settings; recipes set these under `env:` with `kind: rlm`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rlm"] = "rlm"
+    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
+    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
+    max_rounds: int = Field(default=50, description="Assistant turns before the episode ends as max_rounds.")
+    max_format_errors: int = Field(default=3, description="Consecutive erroneous turns before 'malformed'.")
+    max_episode_seconds: float = Field(default=1800.0, description="REPL + sub-model seconds before 'over_budget'.")
+    max_output_chars: int = Field(default=4000, ge=200, description="REPL output shown per block; the rest is cut.")
+    max_blocks_per_turn: int = Field(default=8, ge=1, description="Blocks run per message; later ones are skipped.")
+    max_answer_chars: int = Field(default=20_000, description="Longest answer kept.")
+    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
+    sub_model: Any = Field(
+        default=None, description="Policy behind llm_query (same fields as `policy:`); None: llm_query is unavailable."
+    )
+    max_depth: int = Field(default=1, ge=1, le=1, description="llm_query recursion depth (1: a plain model call).")
+    max_parallel_sub_calls: int = Field(default=8, ge=1, description="Sub-calls in flight at once per batch.")
+    max_sub_calls: int = Field(default=256, ge=0, description="Sub-calls per episode; later ones return an error.")
+    max_batch: int = Field(default=256, ge=1, description="Prompts in one llm_query_batched call.")
+    max_sub_prompt_chars: int = Field(default=200_000, description="Longest prompt one sub-call may send.")
+    max_sub_response_chars: int = Field(default=50_000, description="Longest reply handed back to the REPL.")
+    sub_call_timeout_seconds: float = Field(default=600.0, gt=0)
+    record_prompt_chars: int = Field(default=4000, ge=0, description="Prompt characters kept in the trajectory.")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    @field_validator("sub_model", mode="before")
+    @classmethod
+    def _sub_model(cls, value: Any) -> Any:
+        if value is None or isinstance(value, BaseModel):
+            return value
+        from pipeline.recipe import PolicySpec  # imported here: the recipe module imports the env registry
+
+        return PolicySpec.model_validate(value)
+
+
+@dataclass
+class StepResult:
+    done: bool
+    end_state: str | None
+    format_errors: int
+    edited: bool
+
+
+# ----------------------------------------------------------------------------- sub-model calls
+
+
+@dataclass
+class SubCallResult:
+    text: str | None
+    error: str | None
+    seconds: float
+
+
+class SubModelRunner:
+    """Runs an async policy on a private event loop in its own thread, for synchronous callers.
+
+    `env.step` runs in a worker thread while the rollout's event loop plays other episodes; the
+    sub-policy's coroutines run here instead, so a batch is concurrent (bounded by a semaphore) and
+    the caller just blocks until the batch is done.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rlm-sub-model", daemon=True)
+        self.thread.start()
+
+    def run_batch(self, prompts: list[str], max_parallel: int, timeout: float, seed: int) -> list[SubCallResult]:
+        future = asyncio.run_coroutine_threadsafe(self._batch(prompts, max_parallel, timeout, seed), self.loop)
+        return future.result()
+
+    async def _batch(self, prompts: list[str], max_parallel: int, timeout: float, seed: int) -> list[SubCallResult]:
+        semaphore = asyncio.Semaphore(max_parallel)
+
+        async def one(index: int, prompt: str) -> SubCallResult:
+            async with semaphore:
+                started = time.monotonic()
+                try:
+                    messages = [{"role": "user", "content": prompt}]
+                    text = await asyncio.wait_for(self.policy.act(messages, [], seed=seed + index), timeout)
+                    return SubCallResult(str(text), None, time.monotonic() - started)
+                except Exception as exc:  # a failed call is a reply the model sees, never a crash
+                    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    return SubCallResult(None, detail, time.monotonic() - started)
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+
+    def close(self, close_policy: bool = True) -> None:
+        """Stop the loop (and release the policy unless someone else owns it)."""
+        if self.loop.is_closed():
+            return
+        try:
+            if close_policy:
+                asyncio.run_coroutine_threadsafe(self.policy.aclose(), self.loop).result(timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+_RUNNERS: dict[str, SubModelRunner] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+def sub_model_runner(spec: BaseModel) -> SubModelRunner:
+    """One runner (and one loaded model or client) per distinct sub-model spec, shared by all episodes."""
+    key = spec.model_dump_json()
+    with _RUNNERS_LOCK:
+        if key not in _RUNNERS:
+            from pipeline.policies.factory import make_policy  # policies import the recipe, which imports envs
+
+            _RUNNERS[key] = SubModelRunner(make_policy(spec))  # type: ignore[arg-type]
+        return _RUNNERS[key]
+
+
+# ----------------------------------------------------------------------------- the environment
+
+
+class RLMEnv:
+    """One episode over one task input. Build a new env per episode; it owns one REPL process."""
+
+    name = "rlm"
+
+    def __init__(
+        self,
+        question: str,
+        input_text: str,
+        tokenizer: Any,
+        config: RLMConfig | None = None,
+        choices: list[str] | None = None,
+        sub_model: SubModelRunner | Any | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.question, self.input_text, self.choices = question, input_text, choices
+        self.tokenizer = tokenizer
+        self.config = config or RLMConfig()
+        if sub_model is None and self.config.sub_model is not None:
+            sub_model = sub_model_runner(self.config.sub_model)
+        self._own_runner = sub_model is not None and not isinstance(sub_model, SubModelRunner)
+        if self._own_runner:
+            sub_model = SubModelRunner(sub_model)  # a policy object given directly: its loop lives as long as we do
+        self.sub_model: SubModelRunner | None = sub_model
+        self.seed = seed
+        self.tools: list[dict[str, Any]] = []
+        self.table: list[MessageRecord] = []
+        self.context: list[int] = []
+        self.turns: list[Turn] = []
+        self.next_msg_id = 2
+        self.rounds = 0
+        self.format_errors = 0
+        self.consecutive_error_turns = 0
+        self.done = False
+        self.end_state: str | None = None
+        self.answer: str | None = None
+        self.seconds = 0.0  # REPL + sub-model time: the time budget
+        self.sub_calls: list[dict[str, Any]] = []
+        self.blocks: list[dict[str, Any]] = []
+        self._input_tokens: int | None = None
+        self._turn_index = 0
+        self._block_index = 0
+        cfg = self.config
+        self.sandbox = Sandbox(
+            input_text,
+            cfg.sandbox,
+            max_output_chars=cfg.max_output_chars,
+            max_answer_chars=cfg.max_answer_chars,
+            max_prompt_chars=cfg.max_sub_prompt_chars,
+            max_batch=cfg.max_batch,
+        )
+        try:
+            self.sandbox_layers = self.sandbox.start()  # SandboxError here is an infrastructure failure
+        except Exception:
+            _release(self.sandbox, self.sub_model if self._own_runner else None)
+            raise
+        self._finalizer = weakref.finalize(self, _release, self.sandbox, self.sub_model if self._own_runner else None)
+        self._add(MessageRecord(role="system", content=SYSTEM_PROMPT, msg_id=0))
+        self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
+        self.context_tokens = self.count_tokens()
+        self._check_budgets()
+
+    @classmethod
+    def from_task(cls, task: Task, tokenizer: Any, config: RLMConfig) -> RLMEnv:
+        return cls(task.question, task.load_input(), tokenizer, config, task.choices, seed=zlib.crc32(task.id.encode()))
+
+    # -- observation -------------------------------------------------------------------------
+    def messages(self) -> list[dict[str, str]]:
+        return [self.table[i].chat() for i in self.context]
+
+    def render(self, add_generation_prompt: bool = True) -> str:
+        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
+        return self.tokenizer.apply_chat_template(
+            self.messages(), tools=None, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+
+    def count_tokens(self) -> int:
+        return len(self.tokenizer(self.render(), add_special_tokens=False)["input_ids"])
+
+    @property
+    def input_tokens(self) -> int:
+        if self._input_tokens is None:
+            self._input_tokens = len(self.tokenizer(self.input_text, add_special_tokens=False)["input_ids"])
+        return self._input_tokens
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, raw_text: str) -> StepResult:
+        """Apply one assistant message: run its code blocks. Never raises on model output."""
+        if self.done:
+            return StepResult(True, self.end_state, 0, False)
+        self.rounds += 1
+        context_before, tokens_before = list(self.context), self.context_tokens
+        text = raw_text if isinstance(raw_text, str) else str(raw_text)
+        assistant_id = self._new_msg_id()
+        assistant_row = self._add(MessageRecord(role="assistant", content=text, msg_id=assistant_id))
+        blocks, problem = extract_code_blocks(raw_text)
+        calls: list[dict[str, Any]] = [{"name": "python", "arguments": {"code": code}} for code in blocks]
+        results, errors = [], 0
+        if problem:
+            errors += 1
+            results.append(self._tool_message(assistant_id, f"Error: {problem}"))
+        for number, code in enumerate(blocks[: self.config.max_blocks_per_turn], start=1):
+            outcome = self._run_block(code, assistant_id, number)
+            body = outcome.output.rstrip("\n") or "(no output)"
+            if outcome.syntax_error:
+                errors += 1
+                if number < len(blocks):
+                    body += "\n(The block does not parse, so the later blocks of this message were not run.)"
+            answer = outcome.answer or {}
+            if answer.get("ready") and not outcome.syntax_error:
+                self.answer = answer.get("content", "")
+                self._end("finished")
+                calls[number - 1] = {"name": "finish", "arguments": {"code": code, "answer": self.answer}}
+                body += f"\nAnswer submitted: {self.answer[:200]!r}{' ...' if len(self.answer) > 200 else ''}"
+            elif len(blocks) > self.config.max_blocks_per_turn and number == self.config.max_blocks_per_turn:
+                body += f"\n(Only the first {number} blocks of a message run; {len(blocks) - number} were skipped.)"
+            results.append(self._tool_message(assistant_id, body, number))
+            if self.done or outcome.syntax_error:
+                break
+        self.format_errors += errors
+        self.consecutive_error_turns = self.consecutive_error_turns + 1 if errors else 0
+        if not self.done and self.consecutive_error_turns >= self.config.max_format_errors:
+            self._end("malformed")
+        self.context_tokens = self.count_tokens()
+        self._check_budgets()
+        self.turns.append(
+            Turn(
+                index=len(self.turns),
+                context=context_before,
+                assistant=assistant_row,
+                tool_calls=calls,
+                tool_results=results,
+                context_tokens_before=tokens_before,
+                context_tokens_after=self.context_tokens,
+                edited=False,
+                format_errors=errors,
+            )
+        )
+        self._turn_index += 1
+        if self.done:
+            self.close()
+        return StepResult(self.done, self.end_state, errors, False)
+
+    def _run_block(self, code: str, assistant_id: int, number: int) -> BlockOutcome:
+        self._block_index = number
+        try:
+            outcome = self.sandbox.run(code, f"<block {assistant_id}.{number}>", self._handle_llm)
+        except Exception as exc:  # the sandbox promises not to raise; a bug there must not end the run either
+            outcome = BlockOutcome(f"Error: the REPL failed: {type(exc).__name__}: {exc}", error="SandboxError")
+        self.seconds += outcome.seconds
+        self.blocks.append(
+            {
+                "turn": self._turn_index,
+                "block": number,
+                "seconds": round(outcome.seconds, 4),
+                "cpu_seconds": outcome.cpu_seconds,
+                "error": outcome.error,
+                "syntax_error": outcome.syntax_error,
+                "timed_out": outcome.timed_out,
+                "restarted": outcome.restarted,
+                "output_chars": outcome.output_chars,
+            }
+        )
+        return outcome
+
+    def _handle_llm(self, prompts: list[str]) -> list[str]:
+        """Answer one llm_query / llm_query_batched request from the REPL; never raises."""
+        cfg = self.config
+        if self.sub_model is None:
+            return [f"[llm_query error: {NO_SUB_MODEL}]"] * len(prompts)
+        allowed = max(0, min(len(prompts), cfg.max_sub_calls - len(self.sub_calls)))
+        started = time.monotonic()
+        try:
+            seed = self.seed + len(self.sub_calls)
+            results = self.sub_model.run_batch(
+                prompts[:allowed], cfg.max_parallel_sub_calls, cfg.sub_call_timeout_seconds, seed
+            )
+        except Exception as exc:
+            results = [SubCallResult(None, f"{type(exc).__name__}: {exc}", 0.0)] * allowed
+        self.seconds += time.monotonic() - started
+        replies = []
+        for index, (prompt, result) in enumerate(zip(prompts, results, strict=False)):
+            reply = strip_thinking(result.text)[: cfg.max_sub_response_chars] if result.text is not None else None
+            self.sub_calls.append(
+                {
+                    "turn": self._turn_index,
+                    "block": self._block_index,
+                    "index": index,
+                    "batch_size": len(prompts),
+                    "prompt": prompt[: cfg.record_prompt_chars],
+                    "prompt_chars": len(prompt),
+                    "prompt_tokens": self._tokens(prompt),
+                    "response": result.text,
+                    "response_tokens": self._tokens(result.text or ""),
+                    "seconds": round(result.seconds, 4),
+                    "error": result.error,
+                }
+            )
+            replies.append(reply if reply is not None else f"[llm_query error: {result.error}]")
+        limit = f"[llm_query error: the episode's limit of {cfg.max_sub_calls} sub-calls is used up]"
+        return replies + [limit] * (len(prompts) - allowed)
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _task_text(self) -> str:
+        parts = [f"Question: {self.question}"]
+        if self.choices:
+            parts.append("Options:\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(self.choices)))
+            parts.append("Answer with the letter of the correct option.")
+        lines = self.input_text.count("\n") + 1
+        parts.append(
+            f"The input is in the REPL variable `context`: a string of {len(self.input_text)} characters "
+            f"({lines} lines)."
+        )
+        if self.sub_model is None:
+            parts.append(f"llm_query and llm_query_batched are not available: {NO_SUB_MODEL}.")
+        else:
+            parts.append(
+                f"llm_query_batched runs up to {self.config.max_parallel_sub_calls} prompts at once; "
+                f"at most {self.config.max_sub_calls} sub-calls per episode."
+            )
+        return "\n\n".join(parts)
+
+    def _tool_message(self, caller: int, body: str, block: int | None = None) -> int:
+        msg_id = self._new_msg_id()
+        header = f"[REPL output of block {block}]" if block is not None else "[REPL]"
+        content = f"{header}\n{body}"
+        return self._add(MessageRecord(role="tool", content=content, msg_id=msg_id, tool_name="python", call_id=caller))
+
+    def _new_msg_id(self) -> int:
+        self.next_msg_id += 1
+        return self.next_msg_id - 1
+
+    def _add(self, message: MessageRecord) -> int:
+        self.table.append(message)
+        self.context.append(len(self.table) - 1)
+        return len(self.table) - 1
+
+    def _end(self, state: str) -> None:
+        self.done, self.end_state = True, state
+
+    def _check_budgets(self) -> None:
+        if self.done:
+            return
+        cfg = self.config
+        too_long = self.context_tokens + cfg.max_output_tokens > cfg.max_context_tokens
+        if too_long or self.seconds > cfg.max_episode_seconds:
+            self._end("over_budget")
+        elif self.rounds >= cfg.max_rounds:
+            self._end("max_rounds")
+
+    def close(self) -> None:
+        """Stop the REPL process and remove its scratch directory (done automatically when the episode ends)."""
+        self._finalizer()
+
+    # -- records -----------------------------------------------------------------------------
+    def trajectory(
+        self,
+        episode_id: str,
+        task_id: str,
+        policy: str,
+        seed: int,
+        correct: bool,
+        weights: dict[str, float] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Trajectory:
+        """The finished episode as a record (SPEC 4); REPL and sub-call figures in metadata["rlm"]."""
+        end_state = self.end_state or "max_rounds"
+        components = reward_components(end_state, correct, self.format_errors)
+        rlm = {
+            "sub_calls": self.sub_calls,
+            "sub_call_count": len(self.sub_calls),
+            "sub_call_prompt_tokens": sum(c["prompt_tokens"] for c in self.sub_calls),
+            "sub_call_response_tokens": sum(c["response_tokens"] for c in self.sub_calls),
+            "sub_call_errors": sum(c["error"] is not None for c in self.sub_calls),
+            "blocks": self.blocks,
+            "repl_restarts": max(0, self.sandbox.starts - 1),
+            "seconds": round(self.seconds, 4),
+            "sandbox": {k: v for k, v in self.sandbox_layers.items() if k not in ("pid", "readable")},
+        }
+        return Trajectory(
+            episode_id=episode_id,
+            task_id=task_id,
+            policy=policy,
+            seed=seed,
+            env=self.name,
+            end_state=end_state,  # type: ignore[arg-type]
+            answer=self.answer,
+            correct=correct,
+            reward=weighted_reward(components, weights),
+            reward_components=components,
+            format_errors=self.format_errors,
+            rounds=self.rounds,
+            input_tokens=self._input_tokens,
+            tools=self.tools,
+            messages=self.table,
+            turns=self.turns,
+            final_context=list(self.context),
+            metadata={**(metadata or {}), "rlm": rlm},
+        )
+
+
+def _release(sandbox: Sandbox, runner: SubModelRunner | None) -> None:
+    sandbox.close()
+    if runner is not None:
+        runner.close(close_policy=False)
+
+
+def strip_thinking(text: str) -> str:
+    """The text after the reasoning: after the last `</think>`, and without an unclosed `<think>...`."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    return text.split("<think>", 1)[0].strip()
+
+
+def extract_code_blocks(raw_text: Any) -> tuple[list[str], str | None]:
+    """The ```python blocks outside <think>, and the format problem when there is none."""
+    if not isinstance(raw_text, str):
+        return [], f"the assistant output is not text (got {type(raw_text).__name__})"
+    text = strip_thinking(raw_text)
+    blocks = [m.group(1) for m in _BLOCK.finditer(text)]
+    if blocks:
+        return blocks, None
+    if _OPEN_FENCE.search(text):
+        return [], "a ```python block was opened but never closed with ``` (was the message cut off?)"
+    return [], (
+        "no ```python code block found. Write Python code in a ```python ... ``` block (at least one per "
+        'message); to submit, set answer["content"] = ... and answer["ready"] = True in a block.'
+    )
