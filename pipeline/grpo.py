@@ -35,7 +35,10 @@ from pipeline.sft import copy_model_files, is_final, last_complete_checkpoint, s
 logger = logging.getLogger(__name__)
 REPORT = "report.json"
 # Per-step figures copied from the log history into report.json
-REPORTED = ("reward", "episodes/accuracy", "episodes/malformed", "episodes/finished", "tokens/trained", "loss")
+REPORTED = (
+    "reward", "episodes/accuracy", "episodes/malformed", "episodes/finished", "tokens/trained", "loss",
+    "curriculum/stage",
+)  # fmt: skip
 
 
 @dataclass
@@ -44,7 +47,7 @@ class GRPOScriptArguments(ScriptArguments):
 
     tasks: list[dict] | None = field(
         default=None,
-        metadata={"help": "Task sources: {generator: niah|multihop, n, min_tokens, ...} or {file, limit}."},
+        metadata={"help": "Task sources: {generator: niah|multihop|inventory|aggregation, n, ...} or {file, limit}."},
     )
     recipe: str | None = field(
         default=None, metadata={"help": "Recipe named in the model card; defaults to the --config file."}
@@ -53,6 +56,9 @@ class GRPOScriptArguments(ScriptArguments):
 
 def make_parser() -> TrlParser:
     parser = TrlParser((GRPOScriptArguments, StateLMGRPOConfig, ModelConfig))
+    # Trainer copies TrainingArguments.use_cache (default False) into the model config, and HF generate then
+    # recomputes the whole episode context for every new token (tiny model, one step: 39 s -> 7 s with the cache)
+    parser.set_defaults_with_config(use_cache=True)
     if not torch.cuda.is_available():
         # As in pipeline/sft.py: no bf16 on CPU, and gloo with several processes (set before parsing: the config
         # sets up the distributed state). No activation checkpointing by default either (TRL turns it on).
@@ -89,6 +95,7 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
         # Killed between the last checkpoint and the end: that checkpoint holds the final model
         logger.info("training finished at %s; saving its model as the final one", checkpoint)
         metrics, trainer.state.log_history = {}, trainer_state(checkpoint)["log_history"]
+        trainer.load_curriculum(checkpoint)
         if trainer.accelerator.is_main_process:
             copy_model_files(checkpoint, output_dir)
     else:
@@ -121,6 +128,7 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
         "global_step": trainer.state.global_step or step_of(checkpoint),
         "train": metrics,
         "steps": [{"step": e["step"], **{k: e[k] for k in REPORTED if k in e}} for e in history if "reward" in e],
+        "curriculum": None if trainer.curriculum is None else trainer.curriculum.state_dict(),
         "seconds": round(time.time() - started, 1),
     }
     if trainer.accelerator.is_main_process:
@@ -148,6 +156,8 @@ def build_trainer(
     if not sources:
         raise ValueError("tasks: the recipe lists no task source ({generator: ...} or {file: ...})")
     tasks = build_tasks(sources, tokenizer)
+    if training_args.curriculum is not None and not any(t.metadata.get("generator") == "inventory" for t in tasks):
+        raise ValueError("curriculum: it schedules inventory streams, but tasks has no {generator: inventory} source")
     logger.info(
         "%d tasks; %d episodes per step, %d training rows per process in %d micro-steps",
         len(tasks),
