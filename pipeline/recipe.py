@@ -54,6 +54,9 @@ class PolicySpec(_Strict):
     timeout: float = 600.0
     max_retries: int = 5
     enable_thinking: bool | None = None
+    chunk_size: int | None = Field(
+        default=None, gt=0, description="scripted: chunk size the expert indexes with (smaller: shorter contexts)."
+    )
 
 
 class JudgeSpec(_Strict):
