@@ -17,8 +17,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(VENV)/bin/statelm tiny-model --out runs/tiny/model
-	$(VENV)/bin/statelm collect --recipe recipes/tiny/teacher.yaml
+	$(VENV)/bin/statelm demo
 
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check pipeline tests benchmarks

@@ -268,6 +268,25 @@ def grpo_cmd(
     console.print(table)
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/demo, or runs/demo-quick).")] = None,
+    quick: Annotated[bool, typer.Option(help="A ~2-minute smoke run of every stage (what CI runs).")] = False,
+    fresh: Annotated[bool, typer.Option(help="Delete the run folder first instead of resuming it.")] = False,
+) -> None:
+    """The whole pipeline on CPU: tiny model -> tasks -> collect -> curate -> SFT -> GRPO -> eval, with a summary
+    (terminal table + <out>/summary.md with plots) of what the tiny model learned on held-out tasks."""
+    import shutil
+
+    from pipeline.demo import PROFILES, run_demo
+
+    profile = PROFILES["quick" if quick else "full"]
+    out = out or Path("runs/demo-quick" if quick else "runs/demo")
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    run_demo(out, profile, console)
+
+
 def _print_report(report: dict, path: Path) -> None:
     table = Table(title=f"collection report ({path})")
     table.add_column("figure")

@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than tables: the sawtooth and accuracy by input length."""
+"""Pictures people would rather look at than tables: the sawtooth, accuracy by input length, training curves."""
 
 from __future__ import annotations
 
@@ -54,6 +54,27 @@ def accuracy_by_length_plot(series: dict[str, dict[str, float]], path: str | Pat
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def training_curves_plot(
+    sft_losses: list[tuple[int, float]], grpo_rewards: list[tuple[int, float]], path: str | Path
+) -> Path:
+    """SFT loss and GRPO mean episode reward per step, side by side: did each stage move its figure?"""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if sft_losses:
+        left.plot(*zip(*sft_losses, strict=True), linewidth=1.2, color="tab:blue")
+    left.set_xlabel("SFT step")
+    left.set_ylabel("loss (assistant tokens)")
+    left.set_title("SFT on scripted-teacher segments")
+    left.grid(alpha=0.3)
+    if grpo_rewards:
+        right.plot(*zip(*grpo_rewards, strict=True), marker="o", linewidth=1.2, color="tab:green")
+    right.set_xlabel("GRPO step")
+    right.set_ylabel("mean episode reward")
+    right.set_ylim(-1.1, 1.1)
+    right.set_title("GRPO from the SFT model")
+    right.grid(alpha=0.3)
     return _save(fig, path)
 
 

@@ -1,0 +1,98 @@
+"""`statelm demo --quick` end to end, as the README runs it: every stage ran and the figures are consistent.
+
+Learning quality is not asserted here (the quick profile trains for a few steps); the full demo's figures go in
+the README. What a user relies on is checked: the stages ran in order through their recipes, held-out tasks were
+not trained on, the report's numbers add up, and summary.md's pictures exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.demo import PROFILES, STAGES, SYSTEMS
+
+QUICK = PROFILES["quick"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    statelm = Path(sys.executable).parent / "statelm"
+    done = subprocess.run(
+        [str(statelm), "demo", "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text()), done.stdout
+
+
+def test_every_stage_ran_in_order_and_printed_its_progress(demo_run):
+    out, summary, stdout = demo_run
+    assert list(summary["seconds"]) == list(STAGES)
+    positions = [stdout.find(f"{i + 1}/{len(STAGES)} {name}") for i, name in enumerate(STAGES)]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), positions
+    assert math.isclose(summary["total_seconds"], sum(summary["seconds"].values()), abs_tol=0.5)
+    for name in ("teacher", "curate", "sft", "grpo", "eval"):
+        assert yaml.safe_load((out / "recipes" / f"{name}.yaml").read_text()), name
+
+
+def test_held_out_tasks_are_not_training_tasks(demo_run):
+    out, summary, _ = demo_run
+    assert summary["tasks"] == {"train": QUICK.train_tasks, "heldout": QUICK.heldout_short + QUICK.heldout_long,
+                                "overlap": 0}  # fmt: skip
+    read = [
+        [json.loads(line) for line in (out / "tasks" / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("train", "heldout")
+    ]
+    train, heldout = ({(t["question"], json.dumps(t["answer"])) for t in tasks} for tasks in read)
+    assert not train & heldout
+
+
+def test_stage_figures_add_up(demo_run):
+    _, summary, _ = demo_run
+    collect, curate, sft, grpo = (summary[k] for k in ("collect", "curate", "sft", "grpo"))
+    assert collect["episodes"] == QUICK.train_tasks and collect["accuracy"] == 1.0  # the scripted teacher
+    assert curate["episodes_in"] == collect["episodes"] >= curate["episodes_kept"] > 0
+    assert 0 < curate["trained_tokens"] < curate["tokens"] and curate["rows"] >= curate["episodes_kept"]
+    assert sft["steps"] == QUICK.sft_steps and math.isfinite(sft["first_loss"]) and math.isfinite(sft["last_loss"])
+    assert grpo["steps"] == QUICK.grpo_steps and len(grpo["rewards"]) == QUICK.grpo_steps
+    assert grpo["episodes_per_step"] == QUICK.grpo_group
+    assert all(-1.0 <= r <= 1.0 for r in grpo["rewards"])
+
+
+def test_eval_covers_every_system_on_every_held_out_task(demo_run):
+    _, summary, _ = demo_run
+    systems = summary["eval"]["systems"]
+    assert set(systems) == {*SYSTEMS, "scripted_expert", "no_tools"}
+    for name, s in systems.items():
+        assert s["episodes"] == summary["tasks"]["heldout"], name
+        assert 0.0 <= s["accuracy"] <= 1.0
+        if name != "no_tools":
+            assert 0.0 <= s["well_formed_finish_rate"] <= s["finish_rate"] <= 1.0
+            assert s["accuracy"] <= s["finish_rate"]  # only a finished episode can be correct
+            assert -1.0 <= s["mean_reward"] <= 1.0 and s["mean_context_tokens"] > 0
+    assert systems["scripted_expert"]["accuracy"] == 1.0  # the upper bound solves held-out tasks
+    after_sft, after_grpo = systems["sft"], systems["grpo"]
+    assert summary["targets"] == {
+        "sft_well_formed_finish_rate_at_least_0.8": after_sft["well_formed_finish_rate"] >= 0.8,
+        "sft_short_accuracy_at_least_0.3": after_sft["accuracy_by_length"].get("<=2K", 0.0) >= 0.3,
+        "grpo_mean_reward_not_below_sft": after_grpo["mean_reward"] >= after_sft["mean_reward"],
+    }
+
+
+def test_summary_markdown_embeds_pictures_that_exist(demo_run):
+    out, _, _ = demo_run
+    markdown = (out / "summary.md").read_text()
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert "training.png" in pictures and any("sawtooth" in p for p in pictures)
+    for picture in pictures:
+        assert (out / picture).stat().st_size > 1000, picture
+    for name in SYSTEMS:
+        assert f"| {name} |" in markdown
