@@ -20,6 +20,11 @@ One generation (every `steps_per_generation` micro-steps):
    `tool_mask` = the segment's assistant mask, so TRL's loss sees assistant tokens only. The per-row weight
    is folded into the advantage (the clipped surrogate is positively homogeneous in it).
 
+Curriculum (optional, `curriculum:` in the recipe, pipeline/env/curriculum.py): Inventory tasks are played at the
+current stage's sizes, every episode's grade (gathered over processes, so all agree) updates the rolling success
+rate, the stage is logged as `curriculum/stage`, and each checkpoint holds `curriculum.json`, from which a resumed
+run continues at the same stage.
+
 Shapes. Every process trains `E_local * max_segments_per_episode` rows per generation in fixed chunks of
 `per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's collectives see equal shapes.
 Episodes with fewer segments leave empty rows: one-token rows with an all-zero mask that cost almost
@@ -28,6 +33,7 @@ nothing; real rows go first, longest first, so padding inside a chunk is small.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -40,12 +46,14 @@ from accelerate.utils import broadcast_object_list, gather, gather_object
 from datasets import Dataset
 from pydantic import ValidationError
 from tqdm.auto import tqdm
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler, nanstd, pad, use_adapter
 
 from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
 from pipeline.collect import make_grader
+from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_config, make_env
 from pipeline.policies.hf import KEEP_MARKUP
 from pipeline.recipe import JudgeSpec
@@ -58,6 +66,7 @@ from pipeline.trajectory import END_STATES, Trajectory
 logger = logging.getLogger(__name__)
 
 LOSS_TYPES = ("grpo", "dr_grpo")  # TRL losses whose normalisation the per-episode weights are built for
+CURRICULUM_FILE = "curriculum.json"  # in each checkpoint: the curriculum's position at that step
 
 
 @dataclass
@@ -93,13 +102,22 @@ class StateLMGRPOConfig(GRPOConfig):
     judge: dict | str | None = field(
         default=None, metadata={"help": "LLM judge {base_url, model, api_key} for `judge` tasks."}
     )
+    curriculum: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Inventory curriculum {stages: [{n_chunks, chunk_size}, ...], window, threshold}: inventory "
+            "tasks are played at the current stage's sizes (pipeline/env/curriculum.py)."
+        },
+    )
     # TRL defaults that differ here: GRPO's per-sequence normalisation, and every step's figures in the log
     loss_type: str = field(
         default="grpo", metadata={"help": "TRL loss aggregation: grpo (mean over a segment's tokens) or dr_grpo."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every X updates steps."})
 
-    _VALID_DICT_FIELDS: ClassVar[list[str]] = [*GRPOConfig._VALID_DICT_FIELDS, "rewards", "environment", "judge"]
+    _VALID_DICT_FIELDS: ClassVar[list[str]] = [
+        *GRPOConfig._VALID_DICT_FIELDS, "rewards", "environment", "judge", "curriculum",
+    ]  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.advantage not in ADVANTAGE_TYPES:
@@ -148,6 +166,14 @@ class StateLMGRPOConfig(GRPOConfig):
         if unknown:
             raise ValueError(f"rewards: unknown components {sorted(unknown)}; known: {list(REWARD_COMPONENTS)}")
         self.reward_weights = [float(self.rewards.get(name, 0.0)) for name in REWARD_COMPONENTS]
+        # The sections ours reads later are checked now, so a bad recipe fails before any model loads
+        try:
+            env_config(self.environment)
+            if self.curriculum is not None:
+                CurriculumConfig.model_validate(self.curriculum)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"environment / curriculum: {problems}") from exc
 
     @property
     def episodes_per_process(self) -> int:
@@ -194,19 +220,57 @@ class StateLMGRPOTrainer(GRPOTrainer):
             **kwargs,
         )
         if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_tensor_parallel_size > 1:
-            raise NotImplementedError("vLLM colocate with tensor parallelism > 1 is not supported by the episode loop")
+            raise ValueError("vLLM colocate with tensor parallelism > 1 is not supported by the episode loop")
         self.env_config = self._env_config(args)
         try:
             judge = None if args.judge is None else JudgeSpec.model_validate(args.judge)
         except ValidationError as exc:
             raise ValueError(f"judge: {exc}") from exc
         self.grader = make_grader(judge)
+        self.curriculum = (
+            None if args.curriculum is None else Curriculum(CurriculumConfig.model_validate(args.curriculum))
+        )
         self.segment_kwargs = dict(self.chat_template_kwargs)
         if getattr(self.env_config, "enable_thinking", None) is not None:
             self.segment_kwargs["enable_thinking"] = self.env_config.enable_thinking
         keep = {self._tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in self._tokenizer.get_vocab()}
         self._drop_ids = set(self._tokenizer.all_special_ids) - keep
         self._generated_at = -1  # the micro-step (self._step) whose generation is buffered
+
+    # -- curriculum: saved in every checkpoint, restored on resume --------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        """Write curriculum.json before TRL's save, which writes trainer_state.json last: a checkpoint counted as
+        complete (pipeline.sft.last_complete_checkpoint) always has the curriculum of its step."""
+        if self.curriculum is not None and self.args.should_save:
+            step = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), step)
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, CURRICULUM_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.curriculum.state_dict(), f, indent=2)
+        super()._save_checkpoint(model, trial)
+
+    def load_curriculum(self, checkpoint: str | None) -> None:
+        """Continue the curriculum where `checkpoint` left it (every process reads the same file)."""
+        if self.curriculum is None or checkpoint is None:
+            return
+        path = os.path.join(checkpoint, CURRICULUM_FILE)
+        if not os.path.isfile(path):
+            logger.warning("%s has no %s (saved without a curriculum): the curriculum starts at stage 0", checkpoint,
+                           CURRICULUM_FILE)  # fmt: skip
+            return
+        with open(path, encoding="utf-8") as f:
+            try:
+                self.curriculum.load_state_dict(json.load(f))
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+        logger.info("curriculum resumed at stage %d from %s", self.curriculum.stage_index, path)
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)  # as the Trainer resolves it
+        if resume_from_checkpoint:
+            self.load_curriculum(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def create_model_card(self, *args, **kwargs):
         """TRL's card (written with each checkpoint and on push), plus base model, tasks and recipe."""
@@ -284,6 +348,8 @@ class StateLMGRPOTrainer(GRPOTrainer):
         """Play the episodes of this process's rows; return `steps_per_generation` chunks of training rows."""
         args, rank = self.args, self.accelerator.process_index
         tasks = [Task.model_validate_json(row["task"]) for row in inputs]
+        if self.curriculum is not None:  # every process agrees on the stage: it is updated from gathered grades
+            tasks = [staged_task(task, self.curriculum.stage) for task in tasks]
         first = rank * len(tasks)  # position of this process's first episode in the global generation batch
         ids = [f"{t.id}#{self.state.global_step}.{(first + i) % self.num_generations}" for i, t in enumerate(tasks)]
         episodes = self._play(tasks, ids)
@@ -305,7 +371,21 @@ class StateLMGRPOTrainer(GRPOTrainer):
         rows, stats = self._rows(episodes, local_advantages)
         chunks = self._chunks(rows)
         self._log_generation(episodes, rewards_per_func, rewards, advantages, stats, chunks)
+        self._update_curriculum(episodes)
         return chunks
+
+    def _update_curriculum(self, episodes: list[PlayedEpisode]) -> None:
+        """Each episode of the generation (all processes, in process order) is one success or failure; logs the
+        stage the episodes were played at and the rolling success rate of the stage that is current now."""
+        if self.curriculum is None:
+            return
+        played = self.curriculum.stage_index
+        for correct in gather_object([e.trajectory.correct for e in episodes]):
+            if self.curriculum.update(correct):
+                logger.info("curriculum: stage %d (%s) from now on", self.curriculum.stage_index,
+                            self.curriculum.stage.generator_kwargs())  # fmt: skip
+        self._metrics["train"]["curriculum/stage"].append(played)
+        self._metrics["train"]["curriculum/success_rate"].append(self.curriculum.success_rate)
 
     def _play(self, tasks: list[Task], episode_ids: list[str]) -> list[PlayedEpisode]:
         """All local episodes in lockstep rounds of batched generation, until every environment is done."""

@@ -4,15 +4,23 @@ Used for Inventory streams (stages of `n_chunks` x `chunk_size`), but a stage is
 arguments it overrides. `update(success)` is called once per finished episode; once the last `window`
 episodes of the current stage reach `threshold`, the next stage starts with an empty window (so one
 lucky episode never advances, and the new stage is judged on its own episodes). The last stage is kept
-for good. `state_dict()` / `load_state_dict()` carry the position across a resumed GRPO run.
+for good; a threshold of 0 makes a fixed schedule (next stage every `window` episodes). `state_dict()` /
+`load_state_dict()` carry the position across a resumed GRPO run.
+
+GRPO (pipeline/grpo_trainer.py) plays every Inventory task of its recipe at the current stage's sizes
+(`staged_task`) and calls `update` with each episode's grade.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.tasks.inventory import generate_inventory
+from pipeline.tasks.schema import Task
 
 
 class CurriculumStage(BaseModel):
@@ -36,7 +44,9 @@ class CurriculumConfig(BaseModel):
 
     stages: list[CurriculumStage] = Field(min_length=1, description="Easiest first.")
     window: int = Field(default=32, gt=0, description="Episodes the rolling success rate is taken over.")
-    threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="Success rate that moves to the next stage.")
+    threshold: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="Success rate that moves to the next stage (0: every `window`)."
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> CurriculumConfig:
@@ -105,3 +115,22 @@ class Curriculum:
         self.recent = deque((bool(x) for x in state.get("recent", [])), maxlen=self.config.window)
         self.episodes = int(state.get("episodes", 0))
         self.history = [dict(h) for h in state.get("history", [])]
+
+
+# The generator arguments a staged task keeps from the task it replaces (the stage sets the sizes)
+_KEPT = ("command_density", "n_items", "adversarial_drops")
+
+
+def staged_task(task: Task, stage: CurriculumStage) -> Task:
+    """`task` regenerated at the stage's sizes when it is an Inventory stream; any other task as it is.
+
+    The stream is seeded by the original task id, so every episode of a group (and a resumed run) plays the
+    same stream for the same task and stage, and different tasks stay different. Its id records both.
+    """
+    if task.metadata.get("generator") != "inventory":
+        return task
+    kwargs = {k: task.metadata[k] for k in _KEPT if k in task.metadata}
+    kwargs.update(stage.generator_kwargs())
+    staged = generate_inventory(1, seed=zlib.crc32(task.id.encode()), **kwargs)[0]
+    size = f"{staged.metadata['n_chunks']}x{staged.metadata['chunk_size']}"
+    return staged.model_copy(update={"id": f"{task.id}@{size}", "metadata": {**staged.metadata, "source": task.id}})
