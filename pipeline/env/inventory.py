@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.env.base import episode_record
 from pipeline.env.pensieve import StepResult
-from pipeline.rewards import reward_components, weighted_reward
 from pipeline.tasks.graders import grade_set
 from pipeline.tasks.inventory import inventory_states
 from pipeline.tasks.schema import DOCUMENT_SEPARATOR, Task
@@ -250,25 +250,14 @@ class InventoryEnv:
         metadata: dict[str, Any] | None = None,
     ) -> Trajectory:
         """The finished episode as a record (SPEC 4); the metrics go into its metadata."""
-        end_state = self.end_state or "max_rounds"
-        components = reward_components(end_state, correct, self.format_errors)
-        return Trajectory(
+        return episode_record(
+            self,
             episode_id=episode_id,
             task_id=task_id,
             policy=policy,
             seed=seed,
-            env=self.name,
-            end_state=end_state,  # type: ignore[arg-type]
-            answer=self.answer,
             correct=correct,
-            reward=weighted_reward(components, weights),
-            reward_components=components,
-            format_errors=self.format_errors,
-            rounds=self.rounds,
+            weights=weights,
             input_tokens=self.input_tokens,
-            tools=self.tools,
-            messages=self.table,
-            turns=self.turns,
-            final_context=list(self.context),
             metadata={**(metadata or {}), **self.metrics()},
         )

@@ -15,11 +15,11 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline.env import prompts
+from pipeline.env.base import episode_record
 from pipeline.env.index import ChunkIndex, token_offsets
 from pipeline.env.notebook import Notebook
 from pipeline.env.parsing import ToolCall, parse_tool_calls
 from pipeline.env.tools import tool_schemas, validate_arguments
-from pipeline.rewards import reward_components, weighted_reward
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import MessageRecord, Trajectory, Turn
 
@@ -329,26 +329,15 @@ class PensieveEnv:
         metadata: dict[str, Any] | None = None,
     ) -> Trajectory:
         """The finished episode as a record (SPEC 4)."""
-        end_state = self.end_state or "max_rounds"
-        components = reward_components(end_state, correct, self.format_errors)
-        return Trajectory(
+        return episode_record(
+            self,
             episode_id=episode_id,
             task_id=task_id,
             policy=policy,
             seed=seed,
-            env=self.name,
-            end_state=end_state,  # type: ignore[arg-type]
-            answer=self.answer,
             correct=correct,
-            reward=weighted_reward(components, weights),
-            reward_components=components,
-            format_errors=self.format_errors,
-            rounds=self.rounds,
+            weights=weights,
             input_tokens=self.input_tokens if self._offsets is not None else None,
-            tools=self.tools,
-            messages=self.table,
-            turns=self.turns,
-            final_context=list(self.context),
             metadata=metadata or {},
         )
 

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.env.base import episode_record
 from pipeline.env.sandbox import BlockOutcome, Sandbox, SandboxConfig
-from pipeline.rewards import reward_components, weighted_reward
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import MessageRecord, Trajectory, Turn
 
@@ -455,8 +455,6 @@ class RLMEnv:
         metadata: dict[str, Any] | None = None,
     ) -> Trajectory:
         """The finished episode as a record (SPEC 4); REPL and sub-call figures in metadata["rlm"]."""
-        end_state = self.end_state or "max_rounds"
-        components = reward_components(end_state, correct, self.format_errors)
         rlm = {
             "sub_calls": self.sub_calls,
             "sub_call_count": len(self.sub_calls),
@@ -468,24 +466,15 @@ class RLMEnv:
             "seconds": round(self.seconds, 4),
             "sandbox": {k: v for k, v in self.sandbox_layers.items() if k not in ("pid", "readable")},
         }
-        return Trajectory(
+        return episode_record(
+            self,
             episode_id=episode_id,
             task_id=task_id,
             policy=policy,
             seed=seed,
-            env=self.name,
-            end_state=end_state,  # type: ignore[arg-type]
-            answer=self.answer,
             correct=correct,
-            reward=weighted_reward(components, weights),
-            reward_components=components,
-            format_errors=self.format_errors,
-            rounds=self.rounds,
+            weights=weights,
             input_tokens=self._input_tokens,
-            tools=self.tools,
-            messages=self.table,
-            turns=self.turns,
-            final_context=list(self.context),
             metadata={**(metadata or {}), "rlm": rlm},
         )
 
