@@ -112,7 +112,9 @@ def write_recipes(out: Path, profile: DemoProfile) -> dict[str, Path]:
             "concurrency": 4,
             "tasks": [{"file": str(tasks / "train.jsonl")}],
             "policy": {"kind": "scripted", "chunk_size": profile.expert_chunk_size},
-            "env": {**env, "max_output_tokens": 512, "max_rounds": 150},
+            # The teacher plays in the student's environment: budgets show up in tool results (checkBudget),
+            # and a tiny student imitates them literally, so any difference is a shift between SFT and eval
+            "env": env,
         },
         "curate": {
             "inputs": [str(out / "collect" / "trajectories.jsonl")],
@@ -187,6 +189,7 @@ def write_recipes(out: Path, profile: DemoProfile) -> dict[str, Path]:
                 for name, folder in zip(SYSTEMS, ("model", "sft", "grpo"), strict=True)
             },
             "baselines": ["scripted", "no_tools"],
+            "expert": {"kind": "scripted", "chunk_size": profile.expert_chunk_size},  # the teacher, as in training
             "no_tools_model": "untrained",
             "no_tools_max_tokens": 4096,
             "env": env,
@@ -279,6 +282,8 @@ def summarize(profile: DemoProfile, results: dict[str, Any], seconds: dict[str, 
                 row[key] = figures[key]
         if "mean_context_by_length" in figures:
             row["mean_context_by_length"] = figures["mean_context_by_length"]
+        if "imitation" in figures:
+            row["imitation"] = figures["imitation"]
         row["episodes"] = figures["episodes"]
         systems[name] = row
     after_sft, after_grpo = systems["sft"], systems["grpo"]
@@ -343,6 +348,22 @@ def summary_markdown(summary: dict[str, Any], eval_report: dict[str, Any]) -> st
             if "mean_reward" in s
             else f"| {name} | {_pct(s['accuracy_by_length'].get(SHORT))} | {_pct(s['accuracy'])} | - | - | - | - |"
         )
+    imitating = {name: s["imitation"] for name, s in systems.items() if "imitation" in s}
+    if imitating:
+        actions = sorted({a for i in imitating.values() for a in i["exact_turn_rate_by_action"]})
+        lines += [
+            "",
+            "Per-turn imitation of the expert on the held-out episodes (teacher forcing: the model reads the expert's",
+            "episode; a turn counts when its greedy choice is the expert's at every token). Playing an episode",
+            "compounds errors; this shows what was learned turn by turn:",
+            "",
+            "| system | all turns | " + " | ".join(actions) + " |",
+            "|---|---|" + "---|" * len(actions),
+        ]
+        for name, i in imitating.items():
+            by_action = i["exact_turn_rate_by_action"]
+            cells = [_pct(by_action.get(a)) for a in actions]
+            lines.append(f"| {name} | {_pct(i['exact_turn_rate'])} | " + " | ".join(cells) + " |")
     lines += ["", "Targets (issue: demo learning):", ""]
     lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in summary["targets"].items()]
     c, k, t, g = summary["collect"], summary["curate"], summary["sft"], summary["grpo"]
@@ -384,7 +405,7 @@ def summary_markdown(summary: dict[str, Any], eval_report: dict[str, Any]) -> st
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     """The terminal version of summary.md's first table, plus stage times and targets."""
     table = Table(title="statelm demo: held-out tasks")
-    for column in ("system", "acc <=2K", "acc all", "finished", "well-formed", "reward", "context"):
+    for column in ("system", "acc <=2K", "acc all", "finished", "well-formed", "reward", "context", "imitated"):
         table.add_column(column)
     for name, s in summary["eval"]["systems"].items():
         table.add_row(
@@ -395,6 +416,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             _pct(s.get("well_formed_finish_rate")),
             f"{s['mean_reward']:.2f}" if "mean_reward" in s else "-",
             f"{s['mean_context_tokens']:.0f}" if "mean_context_tokens" in s else "-",
+            _pct(s["imitation"]["exact_turn_rate"]) if "imitation" in s else "-",
         )
     console.print(table)
     console.print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()))

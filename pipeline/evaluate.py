@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.collect import build_tasks, load_tokenizer, make_grader
+from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
 from pipeline.policies.factory import make_policy
 from pipeline.recipe import EvalRecipe, PolicySpec
@@ -167,7 +168,8 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     grader = make_grader(recipe.judge)
     systems: dict[str, PolicySpec] = dict(recipe.models)
     if "scripted" in recipe.baselines:  # the RLM environment has its own expert (code, not tool calls)
-        systems["scripted_expert"] = PolicySpec(kind="scripted_rlm" if recipe.env.kind == "rlm" else "scripted")
+        default = PolicySpec(kind="scripted_rlm" if recipe.env.kind == "rlm" else "scripted")
+        systems["scripted_expert"] = recipe.expert or default
     report: dict[str, Any] = {"tasks": len(tasks), "systems": {}}
     for name, spec in systems.items():
         policy = make_policy(spec)
@@ -188,6 +190,12 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
         budget = getattr(recipe.env, "max_context_tokens", None)
         plot = sawtooth_plot(picks, out_dir / f"sawtooth_{name}.png", f"Active context per turn: {name}", budget)
         report["systems"][name]["sawtooth_plot"] = plot.name
+    expert = report["systems"].get("scripted_expert")
+    if recipe.imitation and expert is not None and recipe.env.kind != "rlm":  # the RLM expert writes code
+        expert_episodes = list(iter_trajectories(out_dir / "scripted_expert" / "trajectories.jsonl"))
+        for name, spec in recipe.models.items():
+            if spec.kind == "hf":
+                report["systems"][name]["imitation"] = model_imitation(spec, tokenizer, expert_episodes)
     if "no_tools" in recipe.baselines:
         spec = recipe.models[recipe.no_tools_model or next(iter(recipe.models))]
         policy = make_policy(spec.model_copy(update={"max_tokens": recipe.no_tools_max_output_tokens}))
@@ -217,6 +225,15 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown_summary(report))
     return report
+
+
+def model_imitation(spec: PolicySpec, tokenizer: Any, expert_episodes: list[Trajectory]) -> dict[str, Any]:
+    """Per-turn imitation of the expert's held-out episodes by the HF model of `spec` (pipeline/imitation.py)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(spec.model)
+    kwargs = {} if spec.enable_thinking is None else {"enable_thinking": spec.enable_thinking}
+    return imitation_figures(model, tokenizer, expert_episodes, kwargs)
 
 
 def _sawtooth_picks(trajectories: list[Trajectory], n: int) -> list[Trajectory]:
@@ -280,6 +297,23 @@ def markdown_summary(report: dict[str, Any]) -> str:
                     f"{repl['sub_calls_per_episode']:.1f}",
                 ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    imitating = [(name, f["imitation"]) for name, f in report["systems"].items() if "imitation" in f]
+    if imitating:
+        actions = sorted({a for _, i in imitating for a in i["exact_turn_rate_by_action"]})
+        lines += [
+            "",
+            "Imitation of the expert's held-out episodes (teacher forcing; a turn counts when every token is the "
+            "model's greedy choice):",
+            "",
+            "| system | turns | tokens | " + " | ".join(actions) + " |",
+            "|---|---|---|" + "---|" * len(actions),
+        ]
+        for name, i in imitating:
+            by_action = i["exact_turn_rate_by_action"]
+            cells = [f"{by_action[a]:.0%}" if a in by_action else "-" for a in actions]
+            lines.append(
+                f"| {name} | {i['exact_turn_rate']:.0%} | {i['token_accuracy']:.0%} | " + " | ".join(cells) + " |"
+            )
     lines += ["", f"![accuracy by input length]({report['accuracy_plot']})", ""]
     for name, f in report["systems"].items():
         if "sawtooth_plot" in f:

@@ -113,6 +113,9 @@ class EvalRecipe(_Strict):
     tasks: list[GeneratedTasks | TaskFile]
     models: dict[str, PolicySpec] = Field(description="Label -> policy of each model under test.")
     baselines: list[Literal["scripted", "no_tools"]] = Field(default_factory=list)
+    expert: PolicySpec | None = Field(
+        default=None, description="The scripted baseline's policy, e.g. the teacher's chunk_size (default: defaults)."
+    )
     no_tools_model: str | None = Field(default=None, description="Label of the model for the no-tools baseline.")
     no_tools_max_tokens: int = Field(default=32000, description="Prompt + output window of the no-tools baseline.")
     no_tools_max_output_tokens: int = 64
@@ -123,6 +126,10 @@ class EvalRecipe(_Strict):
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     judge: JudgeSpec | None = None
     sawtooth_episodes: int = 4
+    imitation: bool = Field(
+        default=True,
+        description="With the scripted baseline: teacher-forced per-turn imitation of the expert by each HF model.",
+    )
 
     @field_validator("env", mode="before")
     @classmethod

@@ -79,6 +79,10 @@ def test_eval_covers_every_system_on_every_held_out_task(demo_run):
             assert s["accuracy"] <= s["finish_rate"]  # only a finished episode can be correct
             assert -1.0 <= s["mean_reward"] <= 1.0 and s["mean_context_tokens"] > 0
     assert systems["scripted_expert"]["accuracy"] == 1.0  # the upper bound solves held-out tasks
+    for name in SYSTEMS:  # every model is also scored turn by turn on the expert's held-out episodes
+        imitation = systems[name]["imitation"]
+        assert imitation["turns"] >= 8 * summary["tasks"]["heldout"]  # at least 8 expert turns per episode
+        assert 0.0 <= imitation["exact_turn_rate"] <= 1.0 and 0.0 <= imitation["token_accuracy"] <= 1.0
     after_sft, after_grpo = systems["sft"], systems["grpo"]
     assert summary["targets"] == {
         "sft_well_formed_finish_rate_at_least_0.8": after_sft["well_formed_finish_rate"] >= 0.8,

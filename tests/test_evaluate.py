@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from types import SimpleNamespace
 
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.collect import load_tokenizer
+from pipeline.env.pensieve import EnvConfig
 from pipeline.evaluate import length_bucket
+from pipeline.imitation import imitation_figures
+from pipeline.policies.scripted import ScriptedExpert
+from pipeline.rollout import plan_episodes, play_episode
+from pipeline.tasks.generators import generate_niah
+from pipeline.tasks.graders import grade
 
 
 def test_length_buckets():
@@ -50,3 +60,51 @@ def test_eval_reports_model_and_baselines_with_plots(tiny_model_dir, tmp_path):
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
     markdown = (tmp_path / "eval" / "report.md").read_text()
     assert "| scripted_expert | 100% |" in markdown and "![sawtooth scripted_expert]" in markdown
+    # a random model imitates none of the expert's turns; every expert turn is counted once
+    imitation = systems["random"]["imitation"]
+    expert_turns = sum(
+        len(json.loads(line)["turns"]) for line in (tmp_path / "eval" / "scripted_expert" / "trajectories.jsonl").open()
+    )
+    assert imitation["turns"] == expert_turns and imitation["exact_turn_rate"] == 0.0
+    actions = set(imitation["exact_turn_rate_by_action"])
+    assert {"buildIndex", "searchEngine", "note", "deleteContext", "finish"} <= actions
+    assert "Imitation of the expert" in markdown
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the next token of its own input (a perfect imitator), except the `wrong` ids."""
+
+    def __init__(self, vocab: int, wrong: set[int] = frozenset()) -> None:
+        super().__init__()
+        self.vocab, self.wrong = vocab, wrong
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids):
+        nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+        for i, token in enumerate(nxt[0].tolist()):
+            if token in self.wrong:
+                nxt[0, i] = (token + 1) % self.vocab
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, self.vocab).float())
+
+
+def test_imitation_counts_exactly_the_turns_whose_tokens_are_all_predicted(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    task = generate_niah(1, 1200, 1200, seed=3, tokenizer=tokenizer)[0]
+    episode = plan_episodes([task], 1, 0)[0]
+    traj = asyncio.run(play_episode(episode, ScriptedExpert(chunk_size=500), tokenizer, EnvConfig(), grade))
+    vocab = len(tokenizer) + 64
+    perfect = imitation_figures(_Oracle(vocab), tokenizer, [traj])
+    assert perfect["turns"] == len(traj.turns) and perfect["exact_turn_rate"] == 1.0
+    assert perfect["token_accuracy"] == 1.0
+
+    # mispredicts one token that only the finish turn holds: the finish turn fails, every other turn holds
+    def ids(text: str) -> set[int]:
+        return set(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    texts = {u.action: traj.messages[u.assistant].content for u in traj.turns}
+    only_finish = ids(texts.pop("finish")) - set().union(*(ids(t) for t in texts.values()))
+    assert only_finish
+    finish_id = min(only_finish)
+    flawed = imitation_figures(_Oracle(vocab, {finish_id}), tokenizer, [traj])["exact_turn_rate_by_action"]
+    assert flawed["finish"] == 0.0
+    assert all(rate == 1.0 for action, rate in flawed.items() if action != "finish")
