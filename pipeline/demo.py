@@ -68,7 +68,7 @@ PROFILES: dict[str, DemoProfile] = {
         expert_chunk_size=512,
         heldout_short=16,
         heldout_long=4,
-        sft_steps=480,
+        sft_steps=960,  # two epochs: every structural turn imitated exactly on held-out episodes (measured)
         sft_learning_rate=2e-3,
         grpo_steps=6,
         grpo_group=4,
@@ -385,7 +385,11 @@ def summary_markdown(summary: dict[str, Any], eval_report: dict[str, Any]) -> st
         "Mean active context (tokens) by input length:",
         "",
     ]
-    buckets = sorted({b for s in systems.values() for b in s.get("mean_context_by_length", {})})
+    from pipeline.evaluate import BUCKETS
+
+    seen = {b for s in systems.values() for b in s.get("mean_context_by_length", {})}
+    order = [label for _, label in BUCKETS]
+    buckets = sorted(seen, key=lambda b: order.index(b) if b in order else len(order))  # shortest inputs first
     lines += ["| system | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     for name, s in systems.items():
         if "mean_context_by_length" in s:
@@ -405,8 +409,9 @@ def summary_markdown(summary: dict[str, Any], eval_report: dict[str, Any]) -> st
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     """The terminal version of summary.md's first table, plus stage times and targets."""
     table = Table(title="statelm demo: held-out tasks")
-    for column in ("system", "acc <=2K", "acc all", "finished", "well-formed", "reward", "context", "imitated"):
-        table.add_column(column)
+    table.add_column("system", no_wrap=True)
+    for column in ("acc<=2K", "acc", "fin", "wf fin", "reward", "ctx", "imit"):  # fits 80 columns
+        table.add_column(column, no_wrap=True)
     for name, s in summary["eval"]["systems"].items():
         table.add_row(
             name,
@@ -419,6 +424,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             _pct(s["imitation"]["exact_turn_rate"]) if "imitation" in s else "-",
         )
     console.print(table)
+    console.print("fin: finished; wf fin: finished with no format error; ctx: mean active context (tokens); "
+                  "imit: expert turns imitated exactly under teacher forcing")  # fmt: skip
     console.print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()))
     for name, ok in summary["targets"].items():
         console.print(f"{'[green]met' if ok else '[yellow]NOT met'}[/]: {name}")
