@@ -229,9 +229,11 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
 
 def model_imitation(spec: PolicySpec, tokenizer: Any, expert_episodes: list[Trajectory]) -> dict[str, Any]:
     """Per-turn imitation of the expert's held-out episodes by the HF model of `spec` (pipeline/imitation.py)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(spec.model)
+    model = AutoModelForCausalLM.from_pretrained(spec.model, dtype="auto")  # as saved (bf16 for real students)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     kwargs = {} if spec.enable_thinking is None else {"enable_thinking": spec.enable_thinking}
     return imitation_figures(model, tokenizer, expert_episodes, kwargs)
 
