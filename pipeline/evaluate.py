@@ -24,6 +24,7 @@ from pipeline.collect import build_tasks, load_tokenizer, make_grader
 from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
 from pipeline.policies.factory import make_policy
+from pipeline.policies.hf import HFPolicy
 from pipeline.recipe import EvalRecipe, PolicySpec
 from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
 from pipeline.tasks.schema import Task
@@ -170,32 +171,35 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     if "scripted" in recipe.baselines:  # the RLM environment has its own expert (code, not tool calls)
         default = PolicySpec(kind="scripted_rlm" if recipe.env.kind == "rlm" else "scripted")
         systems["scripted_expert"] = recipe.expert or default
-    report: dict[str, Any] = {"tasks": len(tasks), "systems": {}}
-    for name, spec in systems.items():
-        policy = make_policy(spec)
+    # The expert plays first, so each local model can be scored on its episodes while the model is still loaded
+    order = sorted(systems, key=lambda name: name != "scripted_expert")
+    expert_episodes: list[Trajectory] = []
+    played: dict[str, dict[str, Any]] = {}
+    for name in order:
+        policy = make_policy(systems[name])
         path = out_dir / name / "trajectories.jsonl"
-
-        async def play(policy=policy, path=path) -> dict[str, Any]:
-            try:
-                return await collect(
+        try:
+            run = asyncio.run(
+                collect(
                     episodes, policy, tokenizer, recipe.env, path, grader, recipe.concurrency, recipe.rewards, progress
                 )
-            finally:
-                await policy.aclose()
-
-        run = asyncio.run(play())
-        trajectories = list(iter_trajectories(path))
-        report["systems"][name] = {**episode_report(trajectories), "failed": run["failed"]}
+            )
+            trajectories = list(iter_trajectories(path))
+            played[name] = {**episode_report(trajectories), "failed": run["failed"]}
+            if name == "scripted_expert":
+                expert_episodes = trajectories
+            elif recipe.imitation and expert_episodes and isinstance(policy, HFPolicy) and recipe.env.kind != "rlm":
+                # (the RLM expert writes code, not tool calls)
+                played[name]["imitation"] = imitation_figures(
+                    policy.model, tokenizer, expert_episodes, policy.chat_template_kwargs
+                )
+        finally:
+            asyncio.run(policy.aclose())
         picks = _sawtooth_picks(trajectories, recipe.sawtooth_episodes)
         budget = getattr(recipe.env, "max_context_tokens", None)
         plot = sawtooth_plot(picks, out_dir / f"sawtooth_{name}.png", f"Active context per turn: {name}", budget)
-        report["systems"][name]["sawtooth_plot"] = plot.name
-    expert = report["systems"].get("scripted_expert")
-    if recipe.imitation and expert is not None and recipe.env.kind != "rlm":  # the RLM expert writes code
-        expert_episodes = list(iter_trajectories(out_dir / "scripted_expert" / "trajectories.jsonl"))
-        for name, spec in recipe.models.items():
-            if spec.kind == "hf":
-                report["systems"][name]["imitation"] = model_imitation(spec, tokenizer, expert_episodes)
+        played[name]["sawtooth_plot"] = plot.name
+    report: dict[str, Any] = {"tasks": len(tasks), "systems": {name: played[name] for name in systems}}
     if "no_tools" in recipe.baselines:
         spec = recipe.models[recipe.no_tools_model or next(iter(recipe.models))]
         policy = make_policy(spec.model_copy(update={"max_tokens": recipe.no_tools_max_output_tokens}))
@@ -225,17 +229,6 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown_summary(report))
     return report
-
-
-def model_imitation(spec: PolicySpec, tokenizer: Any, expert_episodes: list[Trajectory]) -> dict[str, Any]:
-    """Per-turn imitation of the expert's held-out episodes by the HF model of `spec` (pipeline/imitation.py)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(spec.model, dtype="auto")  # as saved (bf16 for real students)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = {} if spec.enable_thinking is None else {"enable_thinking": spec.enable_thinking}
-    return imitation_figures(model, tokenizer, expert_episodes, kwargs)
 
 
 def _sawtooth_picks(trajectories: list[Trajectory], n: int) -> list[Trajectory]:
