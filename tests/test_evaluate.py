@@ -40,6 +40,7 @@ def test_eval_reports_model_and_baselines_with_plots(tiny_model_dir, tmp_path):
         ],
         "models": {"random": {"kind": "hf", "model": str(tiny_model_dir), "temperature": 0.0, "max_tokens": 16}},
         "baselines": ["scripted", "no_tools"],
+        "expert": {"kind": "scripted", "chunk_size": 700},
         "no_tools_max_tokens": 2600,
         "no_tools_max_output_tokens": 8,
         "env": {"max_rounds": 14},
@@ -60,6 +61,11 @@ def test_eval_reports_model_and_baselines_with_plots(tiny_model_dir, tmp_path):
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
     markdown = (tmp_path / "eval" / "report.md").read_text()
     assert "| scripted_expert | 100% |" in markdown and "![sawtooth scripted_expert]" in markdown
+    # the scripted baseline is the recipe's expert: it indexes with the chunk size it was given
+    expert_lines = (tmp_path / "eval" / "scripted_expert" / "trajectories.jsonl").read_text().splitlines()
+    sizes = {c["arguments"].get("chunk_size") for line in expert_lines for u in json.loads(line)["turns"]
+             for c in u["tool_calls"] if c["name"] == "buildIndex"}  # fmt: skip
+    assert sizes == {700}
     # a random model imitates none of the expert's turns; every expert turn is counted once
     imitation = systems["random"]["imitation"]
     expert_turns = sum(
