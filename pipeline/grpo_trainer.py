@@ -33,6 +33,7 @@ nothing; real rows go first, longest first, so padding inside a chunk is small.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
+from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler, nanstd, pad, use_adapter
 
@@ -56,6 +58,7 @@ from pipeline.collect import make_grader
 from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_config, make_env
 from pipeline.policies.hf import KEEP_MARKUP
+from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_COMPONENTS, weighted_reward
 from pipeline.segments import SegmentError, segment_trajectory
@@ -107,6 +110,13 @@ class StateLMGRPOConfig(GRPOConfig):
         metadata={
             "help": "Inventory curriculum {stages: [{n_chunks, chunk_size}, ...], window, threshold}: inventory "
             "tasks are played at the current stage's sizes (pipeline/env/curriculum.py)."
+        },
+    )
+    prefix_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "HF generation (no vLLM): reuse the KV cache of each episode's prefix across its turns and decode "
+            "all local episodes in one batch (pipeline/policies/prefix_cache.py); false: TRL's generate per round."
         },
     )
     # TRL defaults that differ here: GRPO's per-sequence normalisation, and every step's figures in the log
@@ -236,6 +246,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
         keep = {self._tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in self._tokenizer.get_vocab()}
         self._drop_ids = set(self._tokenizer.all_special_ids) - keep
         self._generated_at = -1  # the micro-step (self._step) whose generation is buffered
+        self._generator: PrefixCachingGenerator | None = None  # set while a generation plays (prefix_cache)
 
     # -- curriculum: saved in every checkpoint, restored on resume --------------------------------------------
     def _save_checkpoint(self, model, trial):
@@ -394,7 +405,46 @@ class StateLMGRPOTrainer(GRPOTrainer):
             self._last_loaded_step = self.state.global_step
         envs = [make_env(task, self._tokenizer, self.env_config) for task in tasks]
         sampled: list[list[tuple[list[int], list[float] | None]]] = [[] for _ in envs]
-        lockstep = self._generation_is_collective()
+        with self._prefix_cached_generation():
+            self._play_rounds(envs, sampled)
+        episodes = []
+        for task, env, episode_id, turns in zip(tasks, envs, episode_ids, sampled, strict=True):
+            correct = env.end_state == "finished" and self.grader(task, env.answer)
+            metadata = {"task_kind": task.kind, "global_step": self.state.global_step}
+            trajectory = env.trajectory(
+                episode_id, task.id, "grpo", self.args.seed, correct, self.args.rewards, metadata
+            )
+            episodes.append(PlayedEpisode(trajectory, turns))
+        return episodes
+
+    @contextlib.contextmanager
+    def _prefix_cached_generation(self):
+        """With HF generation and `prefix_cache`, one unwrapped model (ZeRO-3: gathered once) generates every round
+        of this generation through a fresh prefix cache (the weights changed since the last one)."""
+        self._generator = None
+        if self.use_vllm or not self.args.prefix_cache:
+            yield
+            return
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+        ):  # fmt: skip
+            pad_id = self._tokenizer.pad_token_id
+            entries = 2 * self.args.episodes_per_process + 8
+            self._generator = PrefixCachingGenerator(unwrapped, pad_id, self.eos_token_ids, max_entries=entries)
+            try:
+                yield
+            finally:
+                self._generator.clear()
+                self._generator = None
+
+    def _play_rounds(self, envs: list, sampled: list) -> None:
+        """Lockstep rounds until every local environment is done (all processes, when generation is collective)."""
+        lockstep = self._generation_is_collective() and self._generator is None
         bar = tqdm(
             total=len(envs),
             desc=f"episodes (step {self.state.global_step + 1})",
@@ -417,15 +467,6 @@ class StateLMGRPOTrainer(GRPOTrainer):
                     bar.update(1)
                     bar.set_postfix(end=envs[i].end_state, refresh=False)
         bar.close()
-        episodes = []
-        for task, env, episode_id, turns in zip(tasks, envs, episode_ids, sampled, strict=True):
-            correct = env.end_state == "finished" and self.grader(task, env.answer)
-            metadata = {"task_kind": task.kind, "global_step": self.state.global_step}
-            trajectory = env.trajectory(
-                episode_id, task.id, "grpo", self.args.seed, correct, self.args.rewards, metadata
-            )
-            episodes.append(PlayedEpisode(trajectory, turns))
-        return episodes
 
     def _generation_is_collective(self) -> bool:
         """Whether a generation call needs every process (then all processes run the same number of rounds)."""
@@ -446,6 +487,9 @@ class StateLMGRPOTrainer(GRPOTrainer):
         """One assistant message per prompt, through TRL's generation backends."""
         if self.use_vllm and self.vllm_mode == "server":
             return self._generate_vllm_server(prompts)
+        if self._generator is not None:
+            settings = SamplingSettings(self.max_completion_length, self.temperature, self.top_p, self.top_k)
+            return self._generator.generate(prompts, settings), None
         if not prompts:
             if not lockstep:
                 return [], None

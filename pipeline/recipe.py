@@ -57,6 +57,16 @@ class PolicySpec(_Strict):
     chunk_size: int | None = Field(
         default=None, gt=0, description="scripted: chunk size the expert indexes with (smaller: shorter contexts)."
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="hf: weights dtype (bfloat16 halves CPU generation time on AVX512-BF16 CPUs)."
+    )
+    prefix_cache: bool = Field(
+        default=True, description="hf: reuse the KV cache of computed prefixes across turns, batch episodes' turns."
+    )
+    max_batch_size: int = Field(default=32, gt=0, description="hf: most episodes' turns generated in one batch.")
+    samples: int | None = Field(
+        default=None, gt=0, description="eval: episodes per task for this system (default: samples_per_task)."
+    )
 
 
 class JudgeSpec(_Strict):

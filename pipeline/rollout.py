@@ -116,13 +116,21 @@ async def play_episode(
         text = await policy.act(env.messages(), env.tools, seed=episode.seed + turn)
         await asyncio.to_thread(env.step, text)
         turn += 1
+    return await finish_episode(episode, env, policy.name, grader, weights)
+
+
+async def finish_episode(
+    episode: Episode, env: Any, policy_name: str, grader: Grader, weights: dict[str, float] | None
+) -> Trajectory:
+    """Grade an episode whose environment is done and build its record."""
+    task = episode.task
     correct = env.end_state == "finished" and await asyncio.to_thread(grader, task, env.answer)
     if hasattr(env, "input_tokens"):
         await asyncio.to_thread(lambda: env.input_tokens)  # record the input length even if never measured
     return env.trajectory(
         episode.episode_id,
         task.id,
-        policy.name,
+        policy_name,
         episode.seed,
         correct,
         weights,
@@ -162,17 +170,23 @@ async def collect(
                 failures.append(f"{episode.episode_id}: {type(exc).__name__}: {exc}")
                 logger.error("episode %s failed: %s", episode.episode_id, exc)
                 return
-            line = trajectory.model_dump_json() + "\n"
-            async with lock:
-                with out_path.open("a", encoding="utf-8") as handle:
-                    handle.write(line)
-                    handle.flush()
-            bar.update(1)
-            bar.set_postfix(end=trajectory.end_state, refresh=False)
+            await write(trajectory)
+
+    async def write(trajectory: Trajectory) -> None:
+        line = trajectory.model_dump_json() + "\n"
+        async with lock:
+            with out_path.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+        bar.update(1)
+        bar.set_postfix(end=trajectory.end_state, refresh=False)
 
     with out_path.open("a", encoding="utf-8"):
         pass  # the file exists even when every episode fails
-    await asyncio.gather(*(run(e) for e in todo))
+    if hasattr(policy, "act_batch"):
+        await _play_in_rounds(todo, policy, tokenizer, config, grader, weights, concurrency, write)
+    else:
+        await asyncio.gather(*(run(e) for e in todo))
     bar.close()
     return {
         "played": len(todo) - len(failures),
@@ -181,6 +195,40 @@ async def collect(
         "truncated_tail_removed": existing.truncated_tail,
         "corrupt_lines": existing.corrupt_lines,
     }
+
+
+async def _play_in_rounds(
+    todo: list[Episode],
+    policy: Any,
+    tokenizer: Any,
+    config: Any,
+    grader: Grader,
+    weights: dict[str, float] | None,
+    concurrency: int,
+    write: Callable[[Trajectory], Any],
+) -> None:
+    """Lockstep rounds for a policy that generates in batches (a local model): up to `concurrency` live
+    episodes, one batched `act_batch` per round, each finished episode written at once and replaced by the
+    next one, so the batch stays full and a kill still loses only the episodes in flight."""
+    waiting = list(reversed(todo))
+    live: list[tuple[Episode, Any, int]] = []  # episode, env, turns played
+    while waiting or live:
+        while waiting and len(live) < concurrency:
+            episode = waiting.pop()
+            live.append((episode, await asyncio.to_thread(make_env, episode.task, tokenizer, config), 0))
+        playing = [item for item in live if not item[1].done]
+        if playing:
+            texts = await policy.act_batch(
+                [env.messages() for _, env, _ in playing],
+                [env.tools for _, env, _ in playing],
+                [episode.seed + turn for episode, _, turn in playing],
+            )
+            for (_, env, _), text in zip(playing, texts, strict=True):
+                await asyncio.to_thread(env.step, text)
+        live = [(episode, env, turn + 1) for episode, env, turn in live]
+        for episode, env, _ in [item for item in live if item[1].done]:
+            await write(await finish_episode(episode, env, policy.name, grader, weights))
+        live = [item for item in live if not item[1].done]
 
 
 def summarize(trajectories: list[Trajectory]) -> dict[str, Any]:

@@ -35,6 +35,11 @@ class EnvConfig(BaseModel):
     default_chunk_size: int = Field(default=4000, description="Chunk size analyzeText reports chunk counts at.")
     search_top_k: int = Field(default=20, description="Most chunk ids searchEngine returns.")
     enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
+    compact_prompts: bool = Field(
+        default=False,
+        description="Short system prompt and tool schemas (types only): about half the tokens of every row, for "
+        "small students on CPU. Train and evaluate with the same setting.",
+    )
 
 
 @dataclass
@@ -61,7 +66,7 @@ class PensieveEnv:
         self.question, self.input_text, self.choices = question, input_text, choices
         self.tokenizer = tokenizer
         self.config = config or EnvConfig()
-        self.tools = tool_schemas()
+        self.tools = tool_schemas(compact=self.config.compact_prompts)
         self.notebook = Notebook()
         self.index: ChunkIndex | None = None
         self.scan_cursor = 0
@@ -77,7 +82,8 @@ class PensieveEnv:
         self.done = False
         self.end_state: str | None = None
         self.answer: str | None = None
-        self._add(MessageRecord(role="system", content=prompts.SYSTEM_PROMPT, msg_id=0))
+        system = prompts.COMPACT_SYSTEM_PROMPT if self.config.compact_prompts else prompts.SYSTEM_PROMPT
+        self._add(MessageRecord(role="system", content=system, msg_id=0))
         self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
         self.context_tokens = self.count_tokens()
         self._check_budgets()

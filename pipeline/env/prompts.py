@@ -9,6 +9,11 @@ messages you no longer need (deleteContext with their msg ids; every tool result
 and the id of the message that called it). Deleted messages become short stubs. Check your budget
 (checkBudget) and end with finish(answer). Call at least one tool in every message."""
 
+# The same loop in fewer words, for small students (env `compact_prompts: true`): every row carries it.
+COMPACT_SYSTEM_PROMPT = """Answer the question about a long input you cannot see. Use the tools: index, search, read a
+chunk, note the facts, delete messages you no longer need (by msg id), finish(answer). One tool call or more per
+message."""
+
 
 def task_message(question: str, n_chars: int, notebook_listing: str, choices: list[str] | None = None) -> str:
     """The first user message: the question, the input's size, and the current notebook list."""

@@ -120,14 +120,46 @@ def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def tool_schemas() -> list[dict[str, Any]]:
+# Compact schemas: the argument names and types only, a few words each. The full schemas cost ~1,000 tokens per
+# row in a 49K-vocabulary tokenizer (SmolLM2), 5-10x what a small student's trained tokens are: this halves rows.
+_COMPACT_DESCRIPTIONS = {
+    "analyzeText": "Input size in tokens.",
+    "buildIndex": "Chunk the input and index it.",
+    "searchEngine": "Find chunks by keywords.",
+    "readChunk": "Read a chunk (or scan=true: the next).",
+    "note": "Save a new note.",
+    "updateNote": "Edit a note.",
+    "readNote": "Read a note.",
+    "deleteContext": "Replace messages by stubs.",
+    "checkBudget": "Rounds and tokens left.",
+    "finish": "Give the final answer.",
+}
+
+
+def _compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Only what a call needs to be valid: types, enums, required names (no defaults, bounds or descriptions)."""
+    if "anyOf" in schema:
+        kinds = [_compact_schema(s) for s in schema["anyOf"] if s.get("type") != "null"]
+        return kinds[0] if len(kinds) == 1 else {"anyOf": kinds}
+    out = {key: schema[key] for key in ("type", "enum") if key in schema}
+    if "items" in schema:
+        out["items"] = _compact_schema(schema["items"])
+    if "properties" in schema:
+        out["properties"] = {k: _compact_schema(v) for k, v in schema["properties"].items()}
+    if schema.get("required"):
+        out["required"] = schema["required"]
+    return out
+
+
+def tool_schemas(compact: bool = False) -> list[dict[str, Any]]:
     """OpenAI-style function schemas, rendered into the prompt by the model's chat template."""
     tools = []
     for name, model in ARGUMENT_MODELS.items():
         params = _clean_schema(model.model_json_schema())
+        description = _DESCRIPTIONS[name]
+        if compact:
+            params, description = _compact_schema(params), _COMPACT_DESCRIPTIONS[name]
         params.setdefault("properties", {})
         params["type"] = "object"
-        tools.append(
-            {"type": "function", "function": {"name": name, "description": _DESCRIPTIONS[name], "parameters": params}}
-        )
+        tools.append({"type": "function", "function": {"name": name, "description": description, "parameters": params}})
     return tools

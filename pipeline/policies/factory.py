@@ -31,6 +31,9 @@ def make_policy(spec: PolicySpec) -> Policy:
             top_k=spec.top_k,
             max_new_tokens=spec.max_tokens,
             chat_template_kwargs=template_kwargs or None,
+            dtype=spec.dtype,
+            prefix_cache=spec.prefix_cache,
+            max_batch_size=spec.max_batch_size,
         )
     from pipeline.policies.openai_client import OpenAIPolicy
 

@@ -2,8 +2,13 @@
 
 The context is rendered with the tokenizer's own chat template (the same rendering the environment
 counts tokens with and SFT trains on), so the student sees exactly what it will be trained on. The
-blocking `generate` runs in a worker thread behind a lock: many episodes can await `act` at once,
+blocking generation runs in a worker thread behind a lock: many episodes can await `act` at once,
 but one forward pass runs at a time and the event loop stays free for the environments.
+
+Generation. By default (`prefix_cache=True`) through `PrefixCachingGenerator`: the KV cache of every token
+prefix already computed is reused across turns and episodes, and `act_batch` decodes many episodes' turns
+in one batch (the episode loop calls it once per round). `prefix_cache=False` is HF `generate` on the whole
+prompt each turn, one episode at a time (the path it replaces; benchmarks/generation_bench.py compares them).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.policies.base import Message
+from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 
 # Markup the environment parses. Some tokenizers register these as special tokens; they are still
 # part of what the model said, so decoding keeps them while dropping <|im_end|>, padding and the like.
@@ -42,6 +48,8 @@ class HFPolicy:
         dtype: str | torch.dtype = "auto",
         chat_template_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
+        prefix_cache: bool = True,
+        max_batch_size: int = 32,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,6 +67,8 @@ class HFPolicy:
             max_new_tokens,
             chat_template_kwargs,
             name or f"hf:{path.name}",
+            prefix_cache,
+            max_batch_size,
         )
 
     @classmethod
@@ -72,10 +82,15 @@ class HFPolicy:
         max_new_tokens: int = 1024,
         chat_template_kwargs: dict[str, Any] | None = None,
         name: str = "hf:model",
+        prefix_cache: bool = True,
+        max_batch_size: int = 32,
     ) -> HFPolicy:
         """Wrap a model already in memory (e.g. the one being trained) without reloading it."""
         policy = cls.__new__(cls)
-        policy._setup(model, tokenizer, temperature, top_p, top_k, max_new_tokens, chat_template_kwargs, name)
+        policy._setup(
+            model, tokenizer, temperature, top_p, top_k, max_new_tokens, chat_template_kwargs, name, prefix_cache,
+            max_batch_size,
+        )  # fmt: skip
         return policy
 
     def _setup(
@@ -88,6 +103,8 @@ class HFPolicy:
         max_new_tokens: int,
         chat_template_kwargs: dict[str, Any] | None,
         name: str,
+        prefix_cache: bool = True,
+        max_batch_size: int = 32,
     ) -> None:
         if temperature < 0:
             raise ValueError(f"HFPolicy: temperature must be >= 0, got {temperature}")
@@ -105,6 +122,14 @@ class HFPolicy:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         keep = {tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in tokenizer.get_vocab()}
         self._drop_ids = set(tokenizer.all_special_ids) - keep
+        self.max_batch_size = max(1, max_batch_size)
+        eos = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} - {None}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.generator = (
+            PrefixCachingGenerator(model, pad, sorted(eos), max_entries=2 * self.max_batch_size + 8)
+            if prefix_cache
+            else None
+        )
         self._thread_lock = threading.Lock()
         self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
@@ -112,11 +137,42 @@ class HFPolicy:
 
     async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str:
         """Render the context, sample the next assistant message, return its raw text."""
+        return (await self.act_batch([messages], [tools], [seed]))[0]
+
+    async def act_batch(
+        self, contexts: list[list[Message]], tools: list[list[dict[str, Any]]], seeds: list[int | None]
+    ) -> list[str]:
+        """The next assistant message of every context, generated as one batch (one round of many episodes)."""
         loop = asyncio.get_running_loop()
         lock = self._loop_locks.setdefault(loop, asyncio.Lock())
         async with lock:
-            ids = await asyncio.to_thread(self.generate_token_ids, messages, tools, seed)
-        return self.decode(ids)
+            ids = await asyncio.to_thread(self.generate_batch, contexts, tools, seeds)
+        return [self.decode(i) for i in ids]
+
+    def generate_batch(
+        self, contexts: list[list[Message]], tools: list[list[dict[str, Any]]], seeds: list[int | None]
+    ) -> list[list[int]]:
+        """Blocking: the new token ids of every context, in batches of at most `max_batch_size`."""
+        if self.generator is None:
+            return [self.generate_token_ids(c, t, s) for c, t, s in zip(contexts, tools, seeds, strict=True)]
+        if self.model is None:
+            raise RuntimeError(f"HFPolicy {self.name}: used after aclose()")
+        prompts = [self._prompt_ids(c, t) for c, t in zip(contexts, tools, strict=True)]
+        settings = SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.top_k)
+        out: list[list[int]] = []
+        with self._thread_lock:
+            for start in range(0, len(prompts), self.max_batch_size):
+                end = start + self.max_batch_size
+                out += self.generator.generate(prompts[start:end], settings, seeds[start:end])
+        return out
+
+    def _prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> list[int]:
+        return list(
+            self.tokenizer.apply_chat_template(
+                messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=True,
+                **self.chat_template_kwargs,
+            )["input_ids"]
+        )  # fmt: skip
 
     def generate_token_ids(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None, seed: int | None = None
@@ -124,6 +180,8 @@ class HFPolicy:
         """Blocking: the new token ids (at most `max_new_tokens`, eos included if reached)."""
         if self.model is None:
             raise RuntimeError(f"HFPolicy {self.name}: used after aclose()")
+        if self.generator is not None:
+            return self.generate_batch([messages], [tools or []], [seed])[0]
         inputs = self.tokenizer.apply_chat_template(
             messages,
             tools=tools or None,
@@ -173,3 +231,12 @@ class HFPolicy:
     async def aclose(self) -> None:
         """Drop the model so its memory can be freed."""
         self.model = None
+        if self.generator is not None:
+            self.generator.clear()
+            self.generator.model = None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

@@ -1,0 +1,239 @@
+"""Batched generation that reuses the KV cache of every token prefix it has already computed (HF models).
+
+Between context edits an episode's context only grows: the next turn's prompt is the previous prompt, the
+tokens the model just sampled, and the new tool results. Recomputing that whole prefix every turn (what
+`model.generate` does) costs a full prefill per turn; on a CPU that is most of an episode's time. Like
+vLLM's automatic prefix caching, this keeps the keys and values of recently processed sequences, matched
+by token ids (never by text or by episode), and computes only what follows the longest cached prefix: a
+new episode reuses the shared system prompt and tool schemas of another, an edit (deleteContext, a
+re-rendered notebook) falls back to the prefix before the edit.
+
+One round of generation for a batch of prompts:
+1. each prompt is matched against the pool and its uncached tokens (all but the last) are prefilled alone;
+2. the caches are left-padded to one length and every sequence decodes in one batch (position ids and the
+   attention mask say where each row's tokens are, so padding changes nothing but float rounding);
+3. each row's cache, cut to the tokens it really holds (prompt + sampled tokens), goes back to the pool.
+
+Sampling follows HF's warpers (temperature, top-k, top-p); each row samples with its own seeded generator,
+so a seeded episode samples the same tokens whatever else shares its batch (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass
+class CachedSequence:
+    """Token ids and the keys/values computed for them: per layer (keys, values), each [1, heads, len, dim]."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class SamplingSettings:
+    """What a generation round samples with; temperature 0 is greedy."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+
+    def warpers(self) -> LogitsProcessorList:
+        warpers = LogitsProcessorList()
+        if self.temperature > 0:
+            if self.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k:
+                warpers.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(self.top_p))
+        return warpers
+
+
+class PrefixPool:
+    """Recently computed sequences, matched by their longest common token prefix with a new prompt."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: list[CachedSequence] = []
+        self.hits = self.misses = 0  # tokens reused / tokens computed, for the benchmark and logs
+
+    def take(self, ids: Sequence[int]) -> CachedSequence | None:
+        """The cached prefix of `ids` (at most all but its last token), or None. A sequence that `ids` extends
+        whole is handed over (its owner is continuing); a partial match is copied, the original stays."""
+        target = np.asarray(ids[:-1], dtype=np.int64)
+        best, best_length = -1, 0
+        for position, entry in enumerate(self.entries):
+            n = min(len(entry.ids), len(target))
+            if n <= best_length:
+                continue
+            same = np.asarray(entry.ids[:n], dtype=np.int64) == target[:n]
+            length = n if same.all() else int(same.argmin())
+            if length > best_length:
+                best, best_length = position, length
+        if best < 0:
+            return None
+        entry = self.entries[best]
+        if best_length == len(entry.ids):
+            return self.entries.pop(best)
+        return CachedSequence(entry.ids[:best_length], [(k[:, :, :best_length], v[:, :, :best_length]) for k, v in
+                                                        entry.layers])  # fmt: skip
+
+    def put(self, entry: CachedSequence) -> None:
+        self.entries.append(entry)
+        del self.entries[: max(0, len(self.entries) - self.max_entries)]  # oldest first
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+class PrefixCachingGenerator:
+    """Generates one completion per prompt for a batch of prompts, reusing cached prefixes across calls.
+
+    Call `clear()` whenever the model's weights change (a training step): cached keys and values belong to the
+    weights that computed them.
+    """
+
+    def __init__(self, model: Any, pad_token_id: int, eos_token_ids: Sequence[int], max_entries: int = 64) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.eos_token_ids = set(eos_token_ids)
+        self.pool = PrefixPool(max_entries)
+
+    def clear(self) -> None:
+        self.pool.clear()
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, seeds: Sequence[int | None] | None = None
+    ) -> list[list[int]]:
+        """The sampled ids of each prompt (at most `max_new_tokens`, the EOS included when reached)."""
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("PrefixCachingGenerator: empty prompt")
+        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
+        cached = [self._prefill(list(p)) for p in prompts]
+        return self._decode(prompts, cached, settings, seeds)
+
+    def _prefill(self, ids: list[int]) -> CachedSequence:
+        """Keys and values of all but the last prompt token, computing only what the pool does not hold."""
+        entry = self.pool.take(ids)
+        start = 0 if entry is None else len(entry.ids)
+        self.pool.hits += start
+        new = ids[start:-1]
+        self.pool.misses += len(new) + 1  # the last prompt token is computed in the decode batch
+        if not new:
+            return entry or CachedSequence([], [])
+        device = self.model.device
+        cache = DynamicCache(ddp_cache_data=entry.layers) if entry and entry.layers else DynamicCache()
+        positions = torch.arange(start, len(ids) - 1, device=device)[None]
+        self.model(
+            input_ids=torch.tensor([new], device=device),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return CachedSequence(ids[:-1], [(layer.keys, layer.values) for layer in cache.layers])
+
+    def _decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cached: list[CachedSequence],
+        settings: SamplingSettings,
+        seeds: list[int | None],
+    ) -> list[list[int]]:
+        device, batch = self.model.device, len(prompts)
+        width = max(len(c.ids) for c in cached)
+        pads = [width - len(c.ids) for c in cached]
+        cache = self._batched_cache(cached, pads, width)
+        mask = torch.zeros(batch, width + settings.max_new_tokens, dtype=torch.long, device=device)
+        for row, pad in enumerate(pads):
+            mask[row, pad:] = 1
+        tokens = torch.tensor([[p[-1]] for p in prompts], device=device)
+        positions = torch.tensor([[len(p) - 1] for p in prompts], device=device)
+        generators = [None if s is None else torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        warpers = settings.warpers()
+        outputs: list[list[int]] = [[] for _ in prompts]
+        done = [False] * batch
+        for step in range(settings.max_new_tokens):
+            logits = (
+                self.model(
+                    input_ids=tokens,
+                    attention_mask=mask[:, : width + step + 1],
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                .logits[:, -1, :]
+                .float()
+            )
+            chosen = self._sample(logits, warpers, settings.temperature, generators)
+            for row, token in enumerate(chosen):
+                if not done[row]:
+                    outputs[row].append(token)
+                    done[row] = token in self.eos_token_ids
+            if all(done):
+                break
+            tokens = torch.tensor([[self.pad_token_id if d else t] for d, t in zip(done, chosen, strict=True)],
+                                  device=device)  # fmt: skip
+            positions = positions + 1
+        self._store(cache, prompts, pads, width, outputs)
+        return outputs
+
+    def _batched_cache(self, cached: list[CachedSequence], pads: list[int], width: int) -> DynamicCache:
+        if width == 0:
+            return DynamicCache()
+        n_layers = max(len(c.layers) for c in cached)
+        data = []
+        for layer in range(n_layers):
+            keys, values = [], []
+            for entry, pad in zip(cached, pads, strict=True):
+                k, v = entry.layers[layer] if entry.layers else self._empty(layer)
+                if pad:
+                    k = torch.cat([k.new_zeros(*k.shape[:2], pad, k.shape[3]), k], dim=2)
+                    v = torch.cat([v.new_zeros(*v.shape[:2], pad, v.shape[3]), v], dim=2)
+                keys.append(k)
+                values.append(v)
+            data.append((torch.cat(keys), torch.cat(values)))
+        return DynamicCache(ddp_cache_data=data)
+
+    def _empty(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.model.config.get_text_config(decoder=True)
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        empty = torch.zeros(1, heads, 0, dim, dtype=self.model.dtype, device=self.model.device)
+        return empty, empty
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, warpers: LogitsProcessorList, temperature: float, generators: list) -> list[int]:
+        if temperature == 0:
+            return logits.argmax(dim=-1).tolist()
+        scores = warpers(None, logits)
+        probs = torch.softmax(scores, dim=-1)
+        return [int(torch.multinomial(probs[row], 1, generator=g).item()) for row, g in enumerate(generators)]
+
+    def _store(
+        self, cache: DynamicCache, prompts: Sequence[Sequence[int]], pads: list[int], width: int, outputs: list
+    ) -> None:
+        """Each row's cache holds its prompt and every sampled token but the last (never fed back)."""
+        for row, (prompt, pad, sampled) in enumerate(zip(prompts, pads, outputs, strict=True)):
+            end = width + len(sampled)  # prompt[:-1] fills [pad, width); then prompt[-1] and sampled[:-1]
+            layers = [(layer.keys[row : row + 1, :, pad:end].clone(), layer.values[row : row + 1, :, pad:end].clone())
+                      for layer in cache.layers]  # fmt: skip
+            self.pool.put(CachedSequence([*prompt, *sampled[:-1]], layers))
