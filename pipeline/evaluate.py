@@ -21,9 +21,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.collect import build_tasks, load_tokenizer, make_grader
-from pipeline.policies.base import as_action
 from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
+from pipeline.policies.base import as_action
 from pipeline.policies.factory import make_policy
 from pipeline.policies.hf import HFPolicy
 from pipeline.recipe import EvalRecipe, PolicySpec
