@@ -39,9 +39,7 @@ class Policy(Protocol):
 
     name: str
 
-    async def act(
-        self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None
-    ) -> str | Action:
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str | Action:
         """Return the raw assistant text for the next turn (or an `Action` holding it)."""
         ...
 
