@@ -55,30 +55,49 @@ def _run_score(words: list[str]) -> int:
     return len(words) + 2 * any(_distinctive(w) for w in words)
 
 
+def _trim(run: list[str]) -> list[str]:
+    """A run with a distinctive word loses its trailing plain lowercase words: verbs the scaffolding
+    does not list ("... does bus line 38X depart?" -> "38X")."""
+    if not any(_distinctive(w) for w in run):
+        return run
+    while run and not _distinctive(run[-1]):
+        run = run[:-1]
+    return run
+
+
 def question_keys(question: str) -> list[str]:
     """The key(s) a question asks about: the best-scoring run of non-scaffolding words, or list of runs
-    joined only by "," / "and" (a `set` question)."""
+    joined only by "," / "and" (articles allowed: "a, the b and the c"), which is a `set` question."""
     groups: list[list[list[str]]] = []  # groups of runs of words
     run: list[str] = []
-    listed = False  # only list separators since the last run ended
+    listed, broken = False, False  # since the last run ended: a list separator seen / another word seen
     for token in _QUESTION_TOKEN.findall(question):
         token = re.sub(r"['’]s$", "", token)  # Alice's -> Alice
         if token[0].isalnum() and not _is_scaffold(token):
             if not run:
-                if listed and groups:
+                if listed and not broken and groups:
                     groups[-1].append(run)
                 else:
                     groups.append([run])
             run.append(token)
             continue
         if run:
-            run, listed = [], True
-        if token != "," and token.lower() not in ("and", "the", "a", "an"):  # "a, the b and the c" is a list
-            listed = False
+            run, listed, broken = [], False, False
+        if token == "," or token.lower() == "and":
+            listed = True
+        elif token.lower() not in ("the", "a", "an"):
+            broken = True
     if not groups:
         return []
     best = max(groups, key=lambda g: sum(_run_score(r) for r in g))  # the first of the best on ties
-    return [" ".join(r) for r in best]
+    return [" ".join(_trim(r)) for r in best]
+
+
+def hint_words(question: str, keys: list[str]) -> set[str]:
+    """The question's own words that are neither scaffolding nor key ("licence" in "Name the licence
+    of X"): a value next to one of them is the one asked for when a sentence holds several."""
+    key_tokens = {t for k in keys for t in alnum(k)}
+    return {t for t in alnum(question) if t not in SCAFFOLD and t not in key_tokens}
 
 
 def is_hop_question(question: str) -> bool:
@@ -114,7 +133,8 @@ def _contains(sentence_tokens: list[str], key_tokens: list[str]) -> int:
     return -1
 
 
-def _value_tokens(sentence: str, key_tokens: set[str], want: str) -> list[tuple[int, str]]:
+def _value_tokens(sentence: str, key_tokens: set[str], want: str, hints: set[str]) -> list[tuple[int, int, str]]:
+    """(hinted, word position, token) of every value-looking token that is not part of the key."""
     found = []
     for m in _VALUE_TOKEN.finditer(sentence):
         token = m.group(0).rstrip(".,:")
@@ -123,29 +143,32 @@ def _value_tokens(sentence: str, key_tokens: set[str], want: str) -> list[tuple[
             continue
         has_digit = any(c.isdigit() for c in token)
         if has_digit or (want == "link" and "-" in token):
-            found.append((len(alnum(sentence[: m.start()])), token))
+            before = alnum(sentence[: m.start()])
+            found.append((int(bool(set(before[-3:]) & hints)), len(before), token))
     return found
 
 
-def find_fact(text: str, key: str, want: str = "value") -> tuple[str, str] | None:
+def find_fact(text: str, key: str, want: str = "value", hints: set[str] | None = None) -> tuple[str, str] | None:
     """(value, sentence) for `key` in `text`, or None. `want='link'` also accepts a hyphenated word
     (a codeword) as the value. An exact key match wins; a sentence with most of a long key's words
-    is the fallback (a question may word the key with an extra word)."""
+    is the fallback (a question may word the key with an extra word). Of several values in the
+    sentence, one right after a `hints` word wins, then the first after the key."""
+    hints = hints or set()
     key_tokens = [t for t in alnum(key) if t not in ("the", "a", "an")]
     if not key_tokens:
         return None
     partial: tuple[int, str, str] | None = None
     for sentence in _SENTENCE_END.split(text):
         tokens = alnum(sentence)
-        values = _value_tokens(sentence, set(key_tokens), want)
+        values = _value_tokens(sentence, set(key_tokens), want, hints)
         if not values:
             continue
         end = _contains(tokens, key_tokens)
         if end >= 0:
-            after = [v for pos, v in values if pos >= end]
-            return (after[0] if after else values[-1][1]), sentence.strip()
+            best = max(values, key=lambda v: (v[0], v[1] >= end, -abs(v[1] - end)))
+            return best[2], sentence.strip()
         shared = len(set(tokens) & set(key_tokens))
         long_key_mostly = len(key_tokens) >= 3 and shared >= 2 and 3 * shared >= 2 * len(key_tokens)
         if long_key_mostly and (partial is None or shared > partial[0]):
-            partial = (shared, values[0][1], sentence.strip())
+            partial = (shared, max(values)[2], sentence.strip())
     return (partial[1], partial[2]) if partial else None

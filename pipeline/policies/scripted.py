@@ -21,7 +21,14 @@ from typing import Any
 
 from pipeline.env.parsing import ToolCall, format_assistant_text
 from pipeline.policies.base import Action, Message
-from pipeline.policies.reading import decoy_keyword, find_fact, is_hop_question, question_keys, search_pieces
+from pipeline.policies.reading import (
+    decoy_keyword,
+    find_fact,
+    hint_words,
+    is_hop_question,
+    question_keys,
+    search_pieces,
+)
 
 _HEADER = re.compile(r"^\[msg (\d+) \| (\w+) \| called by msg (\d+)(?: \| ([^\]]*))?\]")
 _NOTE_LINE = re.compile(r"^- (.+?): (.*)$", re.MULTILINE)
@@ -160,7 +167,7 @@ class ScriptedExpert:
             last
             and last.tool == "readChunk"
             and not last.stub
-            and (fact := find_fact(last.body, goal.keyword, goal.want))
+            and (fact := find_fact(last.body, goal.keyword, goal.want, hint_words(question, [goal.keyword])))
         ):
             value, sentence = fact
             return ToolCall("note", {"key": goal.key, "summary": value, "content": sentence}), True
