@@ -75,6 +75,10 @@ def tasks_generate(
     needles: Annotated[int, typer.Option(help="niah: needles per haystack.")] = 1,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer that lengths are measured in.")] = None,
+    templates: Annotated[
+        str, typer.Option(help="niah, multihop: phrasing family, classic | train | heldout (tasks/phrasing.py).")
+    ] = "classic",
+    distractors: Annotated[int, typer.Option(help="niah: needles with near-identical keys.")] = 0,
 ) -> None:
     """Generate seeded synthetic tasks (NIAH single/multi needle, multi-hop)."""
     from pipeline.collect import load_tokenizer
@@ -90,9 +94,15 @@ def tasks_generate(
         seed=seed,
         tokenizer=load_tokenizer(tokenizer) if tokenizer else None,
     )
+    if generator in ("niah", "multihop"):
+        kwargs["templates"] = templates
     if generator == "niah":
-        kwargs["n_needles"] = needles
-    count = write_tasks(GENERATORS[generator](**kwargs), out)
+        kwargs.update(n_needles=needles, n_distractors=distractors)
+    try:
+        made = GENERATORS[generator](**kwargs)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    count = write_tasks(made, out)
     console.print(f"wrote {count} {generator} tasks to [bold]{out}[/bold]")
 
 

@@ -40,8 +40,11 @@ def build_tasks(sources: list[GeneratedTasks | TaskFile], tokenizer: Any) -> lis
                 seed=source.seed,
                 tokenizer=tokenizer,
             )
+            if source.generator in ("niah", "multihop"):
+                kwargs["templates"] = source.templates
             if source.generator == "niah":
-                kwargs["n_needles"] = source.n_needles
+                kwargs.update(n_needles=source.n_needles, n_distractors=source.n_distractors)
+                kwargs.update(source.model_dump(include={"key_shapes", "value_shapes"}, exclude_none=True))
             if source.generator == "inventory":  # unset fields keep the generator's defaults
                 kwargs.update(source.model_dump(include={"n_chunks", "chunk_size"}, exclude_none=True))
             tasks += GENERATORS[source.generator](**kwargs)

@@ -179,6 +179,7 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
     seg = recipe.segments
 
     # Pass 1: reject sampling; the action types of the turns to train
+    figures: Counter[str] = Counter()
     read_errors: list[str] = []
     duplicates: list[str] = []
     rejections: Counter[str] = Counter()
@@ -200,8 +201,11 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
         if reasons:
             continue
         kept.add(traj.episode_id)
+        figures["untrained_by_policy"] += sum(not t.trained for t in traj.turns)
         candidates += [
-            (traj.episode_id, t.index, t.action) for t in traj.turns if seg.train_error_turns or not t.format_errors
+            (traj.episode_id, t.index, t.action)
+            for t in traj.turns
+            if t.trained and (seg.train_error_turns or not t.format_errors)  # trained=False: the policy's own mask
         ]
     for problem in read_errors + duplicates:
         logger.warning("skipped %s", problem)
@@ -216,7 +220,6 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
             trained.setdefault(episode_id, set()).add(index)
 
     # Pass 2: segments, streamed to an Arrow file
-    figures: Counter[str] = Counter()
     breaks: Counter[str] = Counter()
     trained_actions: Counter[str] = Counter()
     scratch = out / f".{DATASET}.arrow"
@@ -298,6 +301,7 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
         "actions_before": before,
         "actions_after": {action: trained_actions.get(action, 0) for action in before},
         "masked_by_balancing": len(masked),
+        "masked_by_policy": figures["untrained_by_policy"],
         "recipe": recipe.model_dump(),
         "seconds": round(time.time() - started, 2),
     }
@@ -377,6 +381,7 @@ def report_tables(report: dict[str, Any]) -> list[Any]:
         figures.add_row(key, f"{report[key]:,}")
     figures.add_row("tokens as per-turn snapshots", f"{report['snapshot_tokens']:,}")
     figures.add_row("segments / snapshots (tokens)", f"{report['segment_to_snapshot_tokens']:.3f}")
+    figures.add_row("turns the policy marked untrained", f"{report.get('masked_by_policy', 0):,}")
     figures.add_row("segment starts", json.dumps(report["segment_breaks"]))
     figures.add_row("seconds", str(report["seconds"]))
 

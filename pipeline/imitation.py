@@ -29,11 +29,16 @@ def imitation_figures(
     turns: dict[str, list[bool]] = defaultdict(list)
     tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # per action: [right, total]
     for traj in trajectories:
-        for segment in segment_trajectory(tokenizer, traj, chat_template_kwargs=chat_template_kwargs):
+        taught = [t.index for t in traj.turns if t.trained]  # a turn the expert marked untrained is not imitated
+        for segment in segment_trajectory(tokenizer, traj, taught, chat_template_kwargs=chat_template_kwargs):
+            if segment.n_trained_tokens == 0:
+                continue
             ids = torch.tensor([segment.input_ids], device=device)
             predicted = model(input_ids=ids).logits[0, :-1].argmax(-1)
             right = (predicted == ids[0, 1:]).tolist()  # right[p - 1]: token p predicted from its prefix
-            for (start, end), action in zip(segment.spans, segment.action_types, strict=True):
+            for (start, end), action, trained in zip(segment.spans, segment.action_types, segment.trained, strict=True):
+                if not trained:
+                    continue
                 hits = right[start - 1 : end - 1]
                 turns[action].append(all(hits))
                 tokens[action][0] += sum(hits)

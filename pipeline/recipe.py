@@ -30,6 +30,15 @@ class GeneratedTasks(_Strict):
     n_needles: int = Field(default=1, description="niah only: needles per haystack.")
     n_chunks: int | None = Field(default=None, gt=0, description="inventory only: chunks per stream.")
     chunk_size: int | None = Field(default=None, gt=0, description="inventory only: words per chunk.")
+    templates: Literal["classic", "train", "heldout"] = Field(
+        default="classic",
+        description="niah, multihop: phrasing family (pipeline/tasks/phrasing.py); train and heldout share none.",
+    )
+    key_shapes: list[str] | None = Field(
+        default=None, description="niah: key shapes to draw from (default: all of the family's; tasks/phrasing.py)."
+    )
+    value_shapes: list[str] | None = Field(default=None, description="niah: value shapes (number, code).")
+    n_distractors: int = Field(default=0, ge=0, description="niah only: needles with near-identical keys.")
     seed: int = 0
 
 
@@ -66,6 +75,13 @@ class PolicySpec(_Strict):
     max_batch_size: int = Field(default=32, gt=0, description="hf: most episodes' turns generated in one batch.")
     samples: int | None = Field(
         default=None, gt=0, description="eval: episodes per task for this system (default: samples_per_task)."
+    )
+    recovery_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="scripted: share of questions whose episode rehearses a recovery from a failed search"
+        " (the failed search is not trained).",
     )
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pipeline.env.registry import make_env
-from pipeline.policies.base import Policy
+from pipeline.policies.base import Policy, as_action
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 
@@ -113,8 +113,11 @@ async def play_episode(
     env = await asyncio.to_thread(make_env, task, tokenizer, config)
     turn = 0
     while not env.done:
-        text = await policy.act(env.messages(), env.tools, seed=episode.seed + turn)
-        await asyncio.to_thread(env.step, text)
+        action = as_action(await policy.act(env.messages(), env.tools, seed=episode.seed + turn))
+        turns_before = len(env.turns)
+        await asyncio.to_thread(env.step, action.text)
+        if not action.trained and len(env.turns) > turns_before:
+            env.turns[-1].trained = False
         turn += 1
     return await finish_episode(episode, env, policy.name, grader, weights)
 

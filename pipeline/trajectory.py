@@ -44,6 +44,9 @@ class Turn(BaseModel):
     context_tokens_after: int
     edited: bool = Field(description="True when the turn changed earlier messages (delete, notebook list).")
     format_errors: int = 0
+    trained: bool = Field(
+        default=True, description="False: the policy asked not to train this turn (kept as context, mask 0)."
+    )
 
     @property
     def action(self) -> str:

@@ -129,3 +129,33 @@ def test_random_hf_model_plays_without_crashing_and_ends_malformed(tiny_model_di
     assert report["format_errors"] >= 6 and report["mean_reward"] == -1.0
     traj = next(iter(iter_trajectories(tmp_path / "out" / "trajectories.jsonl")))
     assert traj.policy.startswith("hf:") and "Error" in traj.messages[traj.turns[0].tool_results[0]].content
+
+
+def test_recipe_phrasing_options_reach_the_generators_and_the_cli(tmp_path):
+    from pipeline.collect import build_tasks
+    from pipeline.recipe import GeneratedTasks
+    from pipeline.tasks.schema import read_tasks
+
+    source = {"generator": "niah", "n": 3, "min_tokens": 200, "max_tokens": 300, "seed": 1}
+    tasks = build_tasks(
+        [
+            GeneratedTasks(**source, templates="heldout", key_shapes=["code"], value_shapes=["code"], n_distractors=2),
+            GeneratedTasks(**{**source, "generator": "multihop"}, templates="train"),
+        ],
+        None,
+    )
+    niah, hop = tasks[:3], tasks[3:]
+    assert all(t.metadata["templates"] == "heldout" and t.metadata["key_shape"] == "code" for t in niah)
+    assert all(t.metadata["value_shape"] == "code" and len(t.metadata["distractor_keys"]) == 2 for t in niah)
+    assert all(t.metadata["templates"] == "train" for t in hop)
+    with pytest.raises(ValueError, match="n_distractors"):
+        GeneratedTasks(**source, n_distractors=-1)
+
+    out = tmp_path / "tasks.jsonl"
+    args = ["tasks", "generate", "niah", "--out", str(out), "--n", "2", "--min-tokens", "200", "--max-tokens", "200"]
+    result = CliRunner().invoke(app, [*args, "--templates", "train", "--distractors", "1"])
+    assert result.exit_code == 0, result.output
+    written = read_tasks(out)
+    assert all(t.metadata["templates"] == "train" and len(t.metadata["distractor_keys"]) == 1 for t in written)
+    result = CliRunner().invoke(app, [*args, "--templates", "test"])
+    assert result.exit_code != 0 and "templates" in result.output

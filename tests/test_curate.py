@@ -264,3 +264,57 @@ def test_statelm_curate_end_to_end(collected, tiny_model_dir, tmp_path):
         ids, mask = dataset[k]["input_ids"], dataset[k]["completion_mask"]
         assert batch["input_ids"][k, : len(ids)].tolist() == ids
         assert batch["labels"][k, : len(ids)].tolist() == [i if m else -100 for i, m in zip(ids, mask, strict=True)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Turns the policy marked untrained (Action.trained=False): context with mask 0, counted in the report
+
+
+def test_recovery_episodes_keep_the_failed_search_as_context_with_mask_0(tiny_model_dir, tmp_path):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    recipe = CollectRecipe(
+        output_dir=str(tmp_path / "collect"),
+        student_tokenizer=str(tiny_model_dir),
+        tasks=[{"generator": "niah", "n": 2, "min_tokens": 800, "max_tokens": 1200, "seed": 3, "templates": "train"}],
+        policy={"kind": "scripted", "chunk_size": 300, "recovery_share": 1.0},
+        concurrency=2,
+    )
+    run_collect(recipe, progress=False)
+    path = tmp_path / "collect" / "trajectories.jsonl"
+    episodes = {t.episode_id: t for t in iter_trajectories(path)}
+    failed = {(e, t.index) for e, traj in episodes.items() for t in traj.turns if not t.trained}
+    assert len(failed) == 2 and all(traj.correct for traj in episodes.values())
+    assert all(episodes[e].turns[i].action == "searchEngine" for e, i in failed)
+
+    report = run_curate(recipe_for([path], tmp_path / "curate", tiny_model_dir), progress=False)
+    assert report["masked_by_policy"] == 2 and report["masked_by_balancing"] == 0
+    assert report["actions_before"]["searchEngine"] == sum(
+        t.action == "searchEngine" and t.trained for traj in episodes.values() for t in traj.turns
+    )
+    rows = load_from_disk(report["dataset"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for episode_id, index in failed:
+        assert not any(
+            ok
+            for r in rows
+            if r["episode_id"] == episode_id
+            for t, ok in zip(r["turns"], r["trained"], strict=True)
+            if t == index
+        )
+        row = next(r for r in rows if r["episode_id"] == episode_id and index + 1 in r["turns"])
+        position = row["turns"].index(index + 1)
+        assert row["trained"][position], "the recovery search is trained"
+        failed_text = episodes[episode_id].messages[episodes[episode_id].turns[index].assistant].content
+        assert failed_text in tokenizer.decode(row["input_ids"][: row["spans"][position][0]])
+        trained_text = tokenizer.decode([i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m])
+        assert failed_text not in trained_text
+
+
+def test_trajectory_records_without_trained_still_load(collected):
+    line = json.loads(collected.read_text().splitlines()[0])
+    for turn in line["turns"]:
+        del turn["trained"]
+    old = Trajectory.model_validate(line)
+    assert old.turns and all(turn.trained for turn in old.turns)

@@ -4,14 +4,33 @@ Every policy (scripted expert, local HF model, OpenAI-compatible server) returns
 text in the Qwen3/Hermes format the environment parses: optional `<think>...</think>`, then
 `<tool_call>{...}</tool_call>` blocks. One text representation keeps teacher, student and
 environment in agreement about what was said.
+
+A policy may also return an `Action`: the text plus facts about the turn that are not part of the
+text. `trained=False` says "play this turn, but do not teach it": the scripted expert's deliberately
+failed search in a recovery episode stays in the episode (the recovery needs it as context) and is
+masked out of the loss by curate.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, Any]
 """A chat message as the chat template takes it: {"role", "content"}; assistant content is raw text."""
+
+
+@dataclass
+class Action:
+    """One assistant turn as a policy produced it."""
+
+    text: str
+    trained: bool = True  # False: the turn stays in the episode as context but is never trained
+
+
+def as_action(result: str | Action) -> Action:
+    """What `Policy.act` returned, as an `Action` (a plain string is a trained turn)."""
+    return result if isinstance(result, Action) else Action(str(result))
 
 
 @runtime_checkable
@@ -20,8 +39,8 @@ class Policy(Protocol):
 
     name: str
 
-    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str:
-        """Return the raw assistant text for the next turn."""
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str | Action:
+        """Return the raw assistant text for the next turn (or an `Action` holding it)."""
         ...
 
     async def aclose(self) -> None:

@@ -13,7 +13,8 @@ def make_policy(spec: PolicySpec) -> Policy:
         from pipeline.policies.inventory_expert import ScriptedExperts
         from pipeline.policies.scripted import ScriptedExpert
 
-        expert = ScriptedExpert(chunk_size=spec.chunk_size) if spec.chunk_size else ScriptedExpert()
+        options = {"chunk_size": spec.chunk_size} if spec.chunk_size else {}
+        expert = ScriptedExpert(recovery_share=spec.recovery_share, **options)
         return ScriptedExperts(expert)  # picks the Inventory expert in Inventory contexts
     if spec.kind == "scripted_rlm":
         from pipeline.policies.rlm_expert import ScriptedRLMExpert

@@ -13,6 +13,22 @@ import numpy as np
 
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.inventory import generate_inventory
+from pipeline.tasks.phrasing import (
+    FAMILIES,
+    HOP1,
+    HOP2,
+    HOP_QUESTIONS,
+    KEY_SHAPES,
+    NEEDLES,
+    QUESTIONS,
+    SET_QUESTIONS,
+    VALUE_SHAPES,
+    check_family,
+    check_shapes,
+    distractor_key,
+    fill,
+    prose_list,
+)
 from pipeline.tasks.schema import Task
 from pipeline.tasks.words import FILLER_WORDS, KEY_ADJECTIVES, KEY_NOUNS, PERSON_NAMES
 
@@ -92,6 +108,30 @@ def _lengths(rng: np.random.Generator, n: int, min_tokens: int, max_tokens: int)
     return [round(x) for x in np.geomspace(min_tokens, max_tokens, n)]
 
 
+def _family_rng(seed: int, family: str) -> np.random.Generator:
+    """`classic` keeps the first generators' stream; the other families draw from their own streams, so
+    a held-out split never repeats a training task even with the same seed."""
+    check_family(family)
+    return np.random.default_rng(seed if family == "classic" else [seed, FAMILIES.index(family)])
+
+
+def _task_id(prefix: str, family: str, seed: int, i: int) -> str:
+    return f"{prefix}-s{seed}-{i:05d}" if family == "classic" else f"{prefix}-{family}-s{seed}-{i:05d}"
+
+
+def _distinct_keys(rng: np.random.Generator, n: int, make, taken: list[str]) -> list[str]:
+    keys: list[str] = []
+    for _ in range(100 * n + 100):
+        if len(keys) == n:
+            break
+        key = make(rng)
+        if key.lower() not in {k.lower() for k in [*taken, *keys]}:
+            keys.append(key)
+    if len(keys) < n:
+        raise ValueError(f"could not draw {n} distinct keys; ask for fewer needles or distractors")
+    return keys
+
+
 def generate_niah(
     n: int,
     min_tokens: int = 1000,
@@ -100,44 +140,85 @@ def generate_niah(
     seed: int = 0,
     tokenizer: Any | None = None,
     prefix: str = "niah",
+    *,
+    templates: str = "classic",
+    key_shapes: tuple[str, ...] | list[str] | None = None,
+    value_shapes: tuple[str, ...] | list[str] | None = None,
+    n_distractors: int = 0,
 ) -> list[Task]:
-    """Needle-in-a-haystack tasks; several needles make a `set` task asking for all their values."""
-    rng = np.random.default_rng(seed)
+    """Needle-in-a-haystack tasks; several needles make a `set` task asking for all their values.
+
+    `templates` picks the phrasing family (pipeline/tasks/phrasing.py): `classic` (one template,
+    adjective-noun keys, 7-digit numbers: the first generators' tasks), `train` or `heldout` (several
+    needle and question templates, every key and value shape unless `key_shapes` / `value_shapes`
+    narrow them). `n_distractors` adds needles whose keys differ from a real key in one part (same
+    template family, other values): a reader must match the key exactly.
+    """
+    rng = _family_rng(seed, templates)
+    classic = templates == "classic"
+    shapes = check_shapes(
+        key_shapes or (("adjective_noun",) if classic else tuple(KEY_SHAPES)), KEY_SHAPES, "key_shapes"
+    )
+    values_from = check_shapes(
+        value_shapes or (("number",) if classic else tuple(VALUE_SHAPES)), VALUE_SHAPES, "value_shapes"
+    )
+    if n_distractors < 0:
+        raise ValueError(f"n_distractors={n_distractors} must be >= 0")
     tpw = tokens_per_word(tokenizer, seed)
     tasks = []
     for i, target in enumerate(_lengths(rng, n, min_tokens, max_tokens)):
-        keys: list[str] = []
-        while len(keys) < n_needles:
-            key = _needle_key(rng)
-            if key not in keys:
-                keys.append(key)
-        values = [_number(rng) for _ in keys]
-        needles = [NEEDLE_TEMPLATE.format(key=k, value=v) for k, v in zip(keys, values, strict=True)]
+        shape = shapes[0] if len(shapes) == 1 else str(rng.choice(shapes))
+        value_shape = values_from[0] if len(values_from) == 1 else str(rng.choice(values_from))
+        keys = _distinct_keys(rng, n_needles, KEY_SHAPES[shape], [])
+        values = _distinct_keys(rng, n_needles, VALUE_SHAPES[value_shape], [])
+        needle_ids = [0 if classic else int(rng.integers(0, len(NEEDLES[templates]))) for _ in keys]
+        needles = [
+            fill(NEEDLES[templates][t], key=k, value=v) for t, k, v in zip(needle_ids, keys, values, strict=True)
+        ]
+        distractors: list[str] = []
+        for d in range(n_distractors):
+            near = keys[d % len(keys)]
+            distractors += _distinct_keys(
+                rng, 1, lambda r, near=near, shape=shape: distractor_key(r, near, shape), keys + distractors
+            )
+        distractor_values = _distinct_keys(rng, len(distractors), VALUE_SHAPES[value_shape], values)
+        needles += [
+            fill(NEEDLES[templates][int(rng.integers(0, len(NEEDLES[templates])))], key=k, value=v)
+            for k, v in zip(distractors, distractor_values, strict=True)
+        ]
         text, depths = _haystack_with(rng, int(target / tpw), needles)
         if n_needles == 1:
-            question = f"What is the special magic number for {keys[0]} mentioned in the text?"
+            question_id = 0 if classic else int(rng.integers(0, len(QUESTIONS[templates])))
+            question = fill(QUESTIONS[templates][question_id], key=keys[0])
             kind, answer = "exact", values[0]
         else:
-            question = (
-                "What are the special magic numbers for "
-                + ", ".join(keys)
-                + " mentioned in the text? Answer with the numbers, comma-separated."
-            )
+            question_id = 0 if classic else int(rng.integers(0, len(SET_QUESTIONS[templates])))
+            question = SET_QUESTIONS[templates][question_id].format(keys=prose_list(keys, templates))
             kind, answer = "set", values
+        metadata = {
+            "generator": "niah",
+            "seed": seed,
+            "target_tokens": target,
+            "needle_keys": keys,
+            "depths": depths,
+        }
+        if not classic or n_distractors:
+            metadata.update(
+                templates=templates,
+                key_shape=shape,
+                value_shape=value_shape,
+                needle_templates=needle_ids,
+                question_template=question_id,
+                distractor_keys=distractors,
+            )
         tasks.append(
             Task(
-                id=f"{prefix}-s{seed}-{i:05d}",
+                id=_task_id(prefix, templates, seed, i),
                 kind=kind,
                 question=question,
                 documents=[text],
                 answer=answer,
-                metadata={
-                    "generator": "niah",
-                    "seed": seed,
-                    "target_tokens": target,
-                    "needle_keys": keys,
-                    "depths": depths,
-                },
+                metadata=metadata,
             )
         )
     return tasks
@@ -150,32 +231,40 @@ def generate_multihop(
     seed: int = 0,
     tokenizer: Any | None = None,
     prefix: str = "multihop",
+    *,
+    templates: str = "classic",
 ) -> list[Task]:
-    """Two-hop tasks: a person's codeword is in one place, the codeword's value in another."""
-    rng = np.random.default_rng(seed)
+    """Two-hop tasks: a person's codeword is in one place, the codeword's value in another.
+    `templates` picks the phrasing family as in `generate_niah`."""
+    rng = _family_rng(seed, templates)
+    classic = templates == "classic"
     tpw = tokens_per_word(tokenizer, seed)
     tasks = []
     for i, target in enumerate(_lengths(rng, n, min_tokens, max_tokens)):
         person, codeword, value = str(rng.choice(PERSON_NAMES)), _needle_key(rng), _number(rng)
+        ids = [0 if classic else int(rng.integers(0, len(t[templates]))) for t in (HOP1, HOP2, HOP_QUESTIONS)]
         needles = [
-            HOP1_TEMPLATE.format(person=person, codeword=codeword),
-            HOP2_TEMPLATE.format(codeword=codeword, value=value),
+            HOP1[templates][ids[0]].format(person=person, codeword=codeword),
+            HOP2[templates][ids[1]].format(codeword=codeword, value=value),
         ]
         text, depths = _haystack_with(rng, int(target / tpw), needles)
+        metadata = {
+            "generator": "multihop",
+            "seed": seed,
+            "target_tokens": target,
+            "person": person,
+            "depths": depths,
+        }
+        if not classic:
+            metadata.update(templates=templates, needle_templates=ids[:2], question_template=ids[2])
         tasks.append(
             Task(
-                id=f"{prefix}-s{seed}-{i:05d}",
+                id=_task_id(prefix, templates, seed, i),
                 kind="exact",
-                question=f"What is the value behind the codeword that keeps the secret of {person}?",
+                question=HOP_QUESTIONS[templates][ids[2]].format(person=person),
                 documents=[text],
                 answer=value,
-                metadata={
-                    "generator": "multihop",
-                    "seed": seed,
-                    "target_tokens": target,
-                    "person": person,
-                    "depths": depths,
-                },
+                metadata=metadata,
             )
         )
     return tasks

@@ -1,7 +1,7 @@
 """Graders: is a final answer right for a task? `grade` dispatches on `task.kind` (SPEC 3).
 
-- exact: SQuAD-style normalisation (lowercase, no punctuation, no articles, single spaces); any of
-  several accepted answers matches.
+- exact: SQuAD-style normalisation (lowercase, no punctuation, no articles, single spaces; values with a
+  digit compared without spaces, so "QX-4471" = "qx 4471"); any of several accepted answers matches.
 - multiple_choice: the letter in the usual wrappings ("B", "(B)", "B) text", "Answer: B") or the exact
   text of an option.
 - set: items split on commas, semicolons, newlines and "and", normalised, compared as sets.
@@ -67,9 +67,15 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
+def value_key(normalized: str) -> str:
+    """A normalised value in the form codes are compared in: with a digit in it, spacing does not count
+    ("QX-4471", "qx 4471" and "QX4471" are one code; "4,417,209" is 4417209 already)."""
+    return normalized.replace(" ", "") if any(c.isdigit() for c in normalized) else normalized
+
+
 def grade_exact(answer: str, gold: str | list[str]) -> bool:
     golds = [gold] if isinstance(gold, str) else gold
-    return normalize_answer(answer) in {normalize_answer(g) for g in golds}
+    return value_key(normalize_answer(answer)) in {value_key(normalize_answer(g)) for g in golds}
 
 
 _ITEM_SEPARATORS = re.compile(r"[,;\n]+")
@@ -88,7 +94,8 @@ def split_items(text: str, split_and: bool = True) -> set[str]:
 def grade_set(answer: str, gold: str | list[str]) -> bool:
     # Gold items are kept whole ("salt and pepper" stays one item); the answer is tried both ways.
     target = split_items(gold) if isinstance(gold, str) else {normalize_answer(g) for g in gold} - {""}
-    return split_items(answer) == target or split_items(answer, split_and=False) == target
+    target = {value_key(t) for t in target}
+    return any({value_key(i) for i in split_items(answer, split_and)} == target for split_and in (True, False))
 
 
 # ---------------------------------------------------------------- multiple choice

@@ -52,3 +52,26 @@ sword shield potion amulet scroll dagger helmet gauntlet lantern rope torch bow 
 ring cloak boots map compass key chalice crown gem orb tome rune elixir flask
 """.split()
 )
+
+# Key shapes beyond adjective-noun (pipeline/tasks/generators.py KEY_SHAPES). None of these words is a
+# filler word, so a key's words appear in a haystack only where a needle puts them.
+SURNAMES = tuple(
+    """
+Marsh Vance Lind Okafor Brandt Castillo Dunmore Ekstrom Fairley Galvan Hollis Ivers Jessup Kowal Lindqvist
+Moreau Nakamura Orsini Pereira Quill Rainsford Sorensen Thackeray Umber Varga Whitlock
+""".split()
+)
+CITY_NAMES = tuple(
+    """
+Lisbon Oslo Nairobi Quito Hanoi Tbilisi Dakar Bergen Porto Valletta Tallinn Cusco Krakow Mombasa Zagreb
+Bilbao Perth Reykjavik Malmo Tangier Lyon Ghent Sapporo Kazan Tromso Arequipa Durban Seville Rotterdam
+""".split()
+)
+OBJECT_MATERIALS = tuple("copper brass bronze porcelain cobalt jade pewter obsidian ivory walnut".split())
+OBJECT_NOUNS = tuple(
+    """
+kettle compass teapot locket telescope hourglass sextant inkwell lantern-clock gramophone typewriter
+chessboard music-box candlestick thimble spyglass
+""".split()
+)
+CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I or O: they read as digits

@@ -193,3 +193,39 @@ def test_judge_over_a_loopback_openai_compatible_server(judge_server):
     first = _FakeChatServer.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["model"] == "judge-model"
     assert first["temperature"] == 0.0 and "Correct answer:\nLima" in first["messages"][0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "right"),
+    [
+        ("KTV-2291", True),
+        ("ktv-2291", True),
+        ("KTV 2291", True),
+        ("KTV2291.", True),
+        ("KTV-2292", False),
+        ("KTV-2291-B", False),
+        ("The code is KTV-2291.", False),
+    ],
+)
+def test_exact_accepts_every_code_spelling(answer, right):
+    assert grade(task("exact", "KTV-2291"), answer) is right
+
+
+def test_every_generated_value_shape_grades_its_own_value_right_and_others_wrong():
+    from pipeline.tasks.generators import generate_niah
+
+    tasks = generate_niah(30, 50, 50, seed=4, templates="train") + generate_niah(
+        10, 80, 80, n_needles=3, seed=4, templates="train"
+    )
+    assert {t.metadata["value_shape"] for t in tasks} == {"number", "code"}
+    for t in tasks:
+        right = t.answer if t.kind == "exact" else ", ".join(reversed(t.answer))
+        assert grade(t, right) and grade(t, right.lower()) and grade(t, f"{right}.")
+        wrong = "1000000" if t.kind == "exact" else ", ".join(t.answer[:-1])
+        assert not grade(t, wrong)
+
+
+def test_set_of_codes_ignores_code_spacing():
+    gold = task("set", ["QX-4471", "ZP-1102"])
+    assert grade(gold, "zp 1102 and QX4471")
+    assert not grade(gold, "QX-4471")
