@@ -139,7 +139,25 @@ async def no_tools_baseline(
             except (json.JSONDecodeError, KeyError):
                 continue
     results = list(done.values())
-    for task in tqdm([t for t in tasks if t.id not in done], desc="no-tools baseline"):
+    todo = [t for t in tasks if t.id not in done]
+    batch = 8 if hasattr(policy, "act_batch") else 1  # a local model answers several tasks in one batch
+    with tqdm(total=len(todo), desc="no-tools baseline") as bar:
+        for start in range(0, len(todo), batch):
+            records = await _no_tools_batch(todo[start : start + batch], policy, tokenizer, max_context_tokens,
+                                            max_output_tokens, grader)  # fmt: skip
+            with out.open("a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(record) + "\n" for record in records)
+            results += records
+            bar.update(len(records))
+    return results
+
+
+async def _no_tools_batch(
+    tasks: list[Task], policy: Any, tokenizer: Any, max_context_tokens: int, max_output_tokens: int, grader
+) -> list[dict[str, Any]]:
+    """Answer the tasks whose whole input fits the window; the others are recorded as not fitting."""
+    records, asks = [], []
+    for task in tasks:
         text = task.load_input()
         messages = [
             {"role": "system", "content": NO_TOOLS_SYSTEM},
@@ -149,22 +167,18 @@ async def no_tools_baseline(
         prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         input_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         fits = prompt_tokens + max_output_tokens <= max_context_tokens
-        answer = None
+        records.append({"task_id": task.id, "input_tokens": input_tokens, "fits": fits, "answer": None,
+                        "correct": False, "source": _source(task.metadata)})  # fmt: skip
         if fits:
-            raw = as_action(await policy.act(messages, [], seed=0)).text
-            answer = re.sub(r"<think>.*?</think>", "", raw, flags=re.DOTALL).strip()
-        record = {
-            "task_id": task.id,
-            "input_tokens": input_tokens,
-            "fits": fits,
-            "answer": answer,
-            "correct": bool(fits and grader(task, answer)),
-            "source": _source(task.metadata),
-        }
-        with out.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        results.append(record)
-    return results
+            asks.append((len(records) - 1, task, messages))
+    if asks and hasattr(policy, "act_batch"):
+        raws = await policy.act_batch([m for _, _, m in asks], [[] for _ in asks], [0] * len(asks))
+    else:
+        raws = [as_action(await policy.act(m, [], seed=0)).text for _, _, m in asks]
+    for (position, task, _), raw in zip(asks, raws, strict=True):
+        answer = re.sub(r"<think>.*?</think>", "", as_action(raw).text, flags=re.DOTALL).strip()
+        records[position].update(answer=answer, correct=bool(grader(task, answer)))
+    return records
 
 
 def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
@@ -206,10 +220,16 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
             played[name] = {**episode_report(trajectories), "failed": run["failed"]}
             if name == "scripted_expert":
                 expert_episodes = trajectories
-            elif recipe.imitation and expert_episodes and isinstance(policy, HFPolicy) and recipe.env.kind != "rlm":
+            elif (
+                recipe.imitation
+                and expert_episodes
+                and isinstance(policy, HFPolicy)
+                and policy.temperature == 0
+                and recipe.env.kind != "rlm"
+            ):
                 # (the RLM expert writes code, not tool calls)
                 played[name]["imitation"] = imitation_figures(
-                    policy.model, tokenizer, expert_episodes, policy.chat_template_kwargs
+                    policy.model, tokenizer, expert_episodes[: recipe.imitation_episodes], policy.chat_template_kwargs
                 )
         finally:
             asyncio.run(policy.aclose())

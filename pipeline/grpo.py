@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from pipeline.collect import build_tasks
+from pipeline.freezing import freeze_all_but_top_layers
 from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
 from pipeline.recipe import GeneratedTasks, TaskFile
 from pipeline.sft import copy_model_files, is_final, last_complete_checkpoint, step_of, trainer_state
@@ -37,7 +38,7 @@ REPORT = "report.json"
 # Per-step figures copied from the log history into report.json
 REPORTED = (
     "reward", "episodes/accuracy", "episodes/malformed", "episodes/finished", "tokens/trained", "loss",
-    "curriculum/stage",
+    "curriculum/stage", "frac_reward_zero_std",
 )  # fmt: skip
 
 
@@ -51,6 +52,10 @@ class GRPOScriptArguments(ScriptArguments):
     )
     recipe: str | None = field(
         default=None, metadata={"help": "Recipe named in the model card; defaults to the --config file."}
+    )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train only the top N decoder layers and the final norm (pipeline/freezing.py)."},
     )
 
 
@@ -180,6 +185,10 @@ def build_trainer(
         peft_config=get_peft_config(model_args),
     )
     method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
+    if script_args.trainable_layers is not None:
+        counts = freeze_all_but_top_layers(trainer.model, script_args.trainable_layers)
+        method += f", top {script_args.trainable_layers} layers"
+        logger.info("training the top %d layers: %s", script_args.trainable_layers, counts)
     trainer.card_section = (
         "\n## statelm\n\n"
         f"- Base model: `{model_args.model_name_or_path}`\n"

@@ -154,7 +154,11 @@ class EvalRecipe(_Strict):
     sawtooth_episodes: int = 4
     imitation: bool = Field(
         default=True,
-        description="With the scripted baseline: teacher-forced per-turn imitation of the expert by each HF model.",
+        description="With the scripted baseline: teacher-forced per-turn imitation of the expert by each greedy HF "
+        "model (a sampled system of the same model would repeat its figures).",
+    )
+    imitation_episodes: int | None = Field(
+        default=None, gt=0, description="Score imitation on the first N expert episodes only (default: all)."
     )
 
     @field_validator("env", mode="before")
