@@ -114,3 +114,15 @@ def test_imitation_counts_exactly_the_turns_whose_tokens_are_all_predicted(tiny_
     flawed = imitation_figures(_Oracle(vocab, {finish_id}), tokenizer, [traj])["exact_turn_rate_by_action"]
     assert flawed["finish"] == 0.0
     assert all(rate == 1.0 for action, rate in flawed.items() if action != "finish")
+
+
+def test_imitation_leaves_out_the_turns_the_expert_marked_untrained(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    task = generate_niah(1, 1200, 1200, seed=3, tokenizer=tokenizer, templates="train")[0]
+    episode = plan_episodes([task], 1, 0)[0]
+    expert = ScriptedExpert(chunk_size=500, recovery_share=1.0)
+    traj = asyncio.run(play_episode(episode, expert, tokenizer, EnvConfig(), grade))
+    untrained = [u for u in traj.turns if not u.trained]
+    assert len(untrained) == 1 and untrained[0].action == "searchEngine"
+    figures = imitation_figures(_Oracle(len(tokenizer) + 64), tokenizer, [traj])
+    assert figures["turns"] == len(traj.turns) - 1
