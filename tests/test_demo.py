@@ -66,7 +66,7 @@ def test_stage_figures_add_up(demo_run):
     assert grpo["steps"] == QUICK.grpo_steps and len(grpo["rewards"]) == QUICK.grpo_steps
     assert grpo["episodes_per_step"] == QUICK.grpo_group * QUICK.grpo_tasks_per_step
     assert 0.0 <= grpo["groups_with_spread"] <= 1.0
-    assert all(-1.0 <= r <= 1.0 for r in grpo["rewards"])
+    assert all(math.isfinite(r) and r <= 1.0 for r in grpo["rewards"])  # format errors can cost more than -1
 
 
 def test_eval_covers_every_system_on_every_held_out_task(demo_run):

@@ -79,6 +79,6 @@ def test_each_row_stops_at_its_own_end_of_turn(tiny_model_dir: Path) -> None:
     assert [len(row) for row in free] == [6, 6]
     stop = free[0][2]  # pretend the third token row 0 samples ends the turn
     stopped = PrefixCachingGenerator(policy.model, policy.tokenizer.pad_token_id, [stop]).generate(prompts, settings)
-    assert stopped[0] == free[0][:3]  # row 0 ends there, its end token included
+    assert stopped[0] == free[0][: free[0].index(stop) + 1]  # row 0 ends there, its end token included
     cut = free[1].index(stop) + 1 if stop in free[1] else 6
     assert stopped[1] == free[1][:cut]  # row 1 is unaffected by row 0 stopping
