@@ -227,7 +227,9 @@ def copy_model_files(checkpoint: str, output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    from pipeline.trl_recipe import parse_recipe
+
+    script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
     if script_args.recipe is None and "--config" in sys.argv[:-1]:
         script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
     main(script_args, training_args, model_args)
