@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from pipeline.errors import DEBUG_ENV, EXIT_EPISODES_FAILED, StateLMError, debug_requested, explain
+from pipeline.errors import DEBUG_ENV, StateLMError, debug_requested, explain
 
 
 class _CleanErrors(TyperGroup):

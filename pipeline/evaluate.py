@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from pipeline.collect import build_tasks, load_tokenizer, make_grader
 from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
+from pipeline.policies.base import Action
 from pipeline.policies.factory import make_policy
 from pipeline.policies.hf import HFPolicy
 from pipeline.recipe import EvalRecipe, PolicySpec
@@ -143,7 +144,8 @@ async def no_tools_baseline(
         fits = prompt_tokens + max_output_tokens <= max_context_tokens
         answer = None
         if fits:
-            raw = await policy.act(messages, [], seed=0)
+            reply = await policy.act(messages, [], seed=0)
+            raw = reply.text if isinstance(reply, Action) else reply
             answer = re.sub(r"<think>.*?</think>", "", raw, flags=re.DOTALL).strip()
         record = {
             "task_id": task.id,

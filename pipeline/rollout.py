@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pipeline.env.registry import make_env
-from pipeline.policies.base import Policy
+from pipeline.policies.base import Action, Policy
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 
@@ -113,8 +113,13 @@ async def play_episode(
     env = await asyncio.to_thread(make_env, task, tokenizer, config)
     turn = 0
     while not env.done:
-        text = await policy.act(env.messages(), env.tools, seed=episode.seed + turn)
-        await asyncio.to_thread(env.step, text)
+        action = await policy.act(env.messages(), env.tools, seed=episode.seed + turn)
+        action = action if isinstance(action, Action) else Action(action)
+        turns_before = len(env.turns)
+        await asyncio.to_thread(env.step, action.text)
+        if action.finish_reason is not None and len(env.turns) > turns_before:
+            env.turns[-1].finish_reason = action.finish_reason
+            env.turns[-1].error = "truncated" if action.finish_reason == "length" else None
         turn += 1
     correct = env.end_state == "finished" and await asyncio.to_thread(grader, task, env.answer)
     if hasattr(env, "input_tokens"):
@@ -198,6 +203,7 @@ def summarize(trajectories: list[Trajectory]) -> dict[str, Any]:
         "mean_peak_context_tokens": sum(peaks) / n if n else 0.0,
         "mean_rounds": sum(t.rounds for t in trajectories) / n if n else 0.0,
         "format_errors": sum(t.format_errors for t in trajectories),
+        "truncated_turns": sum(turn.error == "truncated" for t in trajectories for turn in t.turns),
         "tool_calls": dict(tools.most_common()),
         "deletions_per_episode": tools.get("deleteContext", 0) / n if n else 0.0,
     }

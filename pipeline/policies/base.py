@@ -8,10 +8,24 @@ environment in agreement about what was said.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, Any]
 """A chat message as the chat template takes it: {"role", "content"}; assistant content is raw text."""
+
+
+@dataclass
+class Action:
+    """A policy's turn when plain text is not enough: the raw text plus what the episode should record.
+
+    `finish_reason` is the server's (`stop`, `tool_calls`, `length`, ...): `length` means the text was
+    cut at the output cap, which the rollout records on the turn as a `truncated` error.
+    """
+
+    text: str
+    trained: bool = True
+    finish_reason: str | None = None
 
 
 @runtime_checkable
@@ -20,8 +34,8 @@ class Policy(Protocol):
 
     name: str
 
-    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str:
-        """Return the raw assistant text for the next turn."""
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str | Action:
+        """Return the raw assistant text for the next turn (or an `Action` holding it)."""
         ...
 
     async def aclose(self) -> None:
