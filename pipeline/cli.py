@@ -159,7 +159,7 @@ def collect_cmd(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Play teacher episodes in the environment; resumable, one JSONL line per finished episode."""
-    from pipeline.collect import run_collect
+    from pipeline.collect import failure_problem, run_collect
     from pipeline.recipe import load_collect_recipe
 
     loaded = load_collect_recipe(
@@ -167,6 +167,9 @@ def collect_cmd(
     )
     report = run_collect(loaded, progress=progress)
     _print_report(report, Path(loaded.output_dir) / "report.json")
+    problem = failure_problem(report, loaded.max_failed_share)
+    if problem is not None:
+        raise problem
 
 
 @app.command("curate")
@@ -341,6 +344,7 @@ def _print_report(report: dict, path: Path) -> None:
         "peak_context_tokens",
         "mean_rounds",
         "format_errors",
+        "truncated_turns",
         "tool_calls",
     ):
         value = report.get(key)
@@ -353,6 +357,11 @@ def _print_report(report: dict, path: Path) -> None:
             else str(value),
         )
     console.print(table)
+    if report.get("truncated_turns"):
+        console.print(
+            f"[yellow]{report['truncated_turns']} turns were cut at the policy's max_tokens (finish_reason "
+            "length); curate rejects their episodes as 'truncated': raise policy.max_tokens[/yellow]"
+        )
     if report.get("failed"):
         console.print(f"[red]{len(report['failed'])} episodes failed (re-run to retry):[/red]")
         for line in report["failed"][:10]:

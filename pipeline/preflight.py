@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PreflightError
 
@@ -70,6 +71,29 @@ def check_endpoint(base_url: str, api_key: str, field: str) -> None:
         pass
     finally:
         client.close()
+
+
+def check_policy(spec: Any, field: str) -> None:
+    """A recipe's policy (a PolicySpec) can start: its local model exists, its endpoint answers."""
+    if spec.kind == "hf" and spec.model:
+        check_model_path(spec.model, f"{field}.model")
+    if spec.kind == "openai" and spec.base_url:
+        check_endpoint(spec.base_url, spec.api_key, f"{field}.base_url")
+
+
+def check_env(config: Any, field: str = "env") -> None:
+    """The environment's own models (the RLM's sub_model) can start."""
+    sub_model = getattr(config, "sub_model", None)
+    if sub_model is not None and hasattr(sub_model, "kind"):
+        check_policy(sub_model, f"{field}.sub_model")
+
+
+def check_task_files(sources: list[Any], field: str = "tasks") -> None:
+    """Every `{file: ...}` task source exists (generated sources need nothing)."""
+    for index, source in enumerate(sources):
+        path = getattr(source, "file", None)
+        if path is not None and not Path(path).is_file():
+            raise PreflightError(f"{field}.{index}.file: task file not found: {path}")
 
 
 def check_hub_push(repo_id: str | None, field: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.inventory import generate_inventory
@@ -105,7 +106,7 @@ def generate_niah(
     rng = np.random.default_rng(seed)
     tpw = tokens_per_word(tokenizer, seed)
     tasks = []
-    for i, target in enumerate(_lengths(rng, n, min_tokens, max_tokens)):
+    for i, target in enumerate(tqdm(_lengths(rng, n, min_tokens, max_tokens), desc=prefix, unit="task", disable=None)):
         keys: list[str] = []
         while len(keys) < n_needles:
             key = _needle_key(rng)
@@ -155,7 +156,7 @@ def generate_multihop(
     rng = np.random.default_rng(seed)
     tpw = tokens_per_word(tokenizer, seed)
     tasks = []
-    for i, target in enumerate(_lengths(rng, n, min_tokens, max_tokens)):
+    for i, target in enumerate(tqdm(_lengths(rng, n, min_tokens, max_tokens), desc=prefix, unit="task", disable=None)):
         person, codeword, value = str(rng.choice(PERSON_NAMES)), _needle_key(rng), _number(rng)
         needles = [
             HOP1_TEMPLATE.format(person=person, codeword=codeword),
