@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 Role = Literal["system", "user", "assistant", "tool"]
 EndState = Literal["finished", "over_budget", "malformed", "max_rounds"]
 END_STATES: tuple[str, ...] = ("finished", "over_budget", "malformed", "max_rounds")
+TurnError = Literal["truncated"]
+"""Per-turn problems of the policy's output itself (not the episode's end state): `truncated` means the
+server stopped at the output cap (finish_reason `length`), so the text is cut, not what the model meant."""
 
 
 class MessageRecord(BaseModel):
@@ -47,6 +50,8 @@ class Turn(BaseModel):
     trained: bool = Field(
         default=True, description="False: the policy asked not to train this turn (kept as context, mask 0)."
     )
+    finish_reason: str | None = Field(default=None, description="The server's finish_reason, when it gave one.")
+    error: TurnError | None = Field(default=None, description="truncated: the output hit the per-turn cap.")
 
     @property
     def action(self) -> str:
