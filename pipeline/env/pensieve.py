@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from pipeline.env import prompts
 from pipeline.env.base import episode_record
-from pipeline.env.index import ChunkIndex, token_offsets
+from pipeline.env.dense import DenseIndex, DenseUnavailable, estimated_passages, reciprocal_rank_fusion
+from pipeline.env.index import ChunkIndex, SearchHit, token_offsets
 from pipeline.env.notebook import Notebook
 from pipeline.env.parsing import ToolCall, parse_tool_calls
 from pipeline.env.tools import tool_schemas, validate_arguments
@@ -35,6 +36,24 @@ class EnvConfig(BaseModel):
     default_chunk_size: int = Field(default=4000, description="Chunk size analyzeText reports chunk counts at.")
     search_top_k: int = Field(default=20, description="Most chunk ids searchEngine returns.")
     enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
+    search_mode: Literal["bm25", "dense", "hybrid"] = Field(
+        default="bm25",
+        description="searchEngine ranking: BM25 keywords (instant), dense passage embeddings (the [dense] extra), "
+        "or hybrid: reciprocal-rank fusion of both.",
+    )
+    dense_model: str | None = Field(
+        default=None, description="sentence-transformers folder or hub id; None: the packaged all-MiniLM-L6-v2."
+    )
+    dense_passage_words: int = Field(
+        default=30, ge=8, description="Words per embedded passage inside a chunk (MiniLM averages: short is sharp)."
+    )
+    embedding_cache_dir: str | None = Field(
+        default="runs/embeddings", description="Passage embeddings cached by document hash; None: no disk cache."
+    )
+    dense_notice_passages: int = Field(
+        default=2000, description="buildIndex warns that the first dense search is slow above this many passages."
+    )
+    rrf_k: int = Field(default=60, ge=1, description="Hybrid: the k of reciprocal-rank fusion, 1 / (k + rank).")
 
 
 @dataclass
@@ -64,6 +83,7 @@ class PensieveEnv:
         self.tools = tool_schemas()
         self.notebook = Notebook()
         self.index: ChunkIndex | None = None
+        self.dense: DenseIndex | None = None  # embedded on the first dense or hybrid search
         self.scan_cursor = 0
         self._offsets: np.ndarray | None = None
         self._header_extra: dict[int, str] = {}  # msg id -> header detail kept in its stub (reading progress)
@@ -179,16 +199,28 @@ class PensieveEnv:
         if args.overlap >= args.chunk_size:
             raise ToolError(f"overlap ({args.overlap}) must be smaller than chunk_size ({args.chunk_size})")
         self.index = ChunkIndex.build(self.input_text, self.offsets, args.chunk_size, args.overlap)
-        self.scan_cursor = 0
+        self.dense, self.scan_cursor = None, 0
         n = len(self.index)
-        return f"Index built: {n} chunks of up to {args.chunk_size} tokens (overlap {args.overlap}), ids 0-{n - 1}."
+        text = f"Index built: {n} chunks of up to {args.chunk_size} tokens (overlap {args.overlap}), ids 0-{n - 1}."
+        covered_tokens = self.input_tokens * args.chunk_size / (args.chunk_size - args.overlap)  # overlap re-embeds
+        passages = estimated_passages(int(covered_tokens), self.config.dense_passage_words)
+        if self.config.search_mode != "bm25" and passages > self.config.dense_notice_passages:
+            text += (
+                f" Note: the first search embeds about {passages} passages ({self.config.search_mode} search), "
+                "which takes minutes on a CPU unless this input was embedded before."
+            )
+        return text
 
     def _tool_searchEngine(self, args: Any, caller: int) -> str:
         index = self._require_index()
-        hits = index.search(args.keyword, top_k=self.config.search_top_k)
+        if self.config.search_mode == "bm25":
+            hits = index.search(args.keyword, top_k=self.config.search_top_k)
+        else:
+            hits = self._dense_search(index, args.keyword)
         if not hits:
             return f"No chunk matches {args.keyword!r}."
-        lines = [f"chunk {h.chunk_id} (score {h.score:.2f}): {h.snippet}" for h in hits]
+        digits = 2 if self.config.search_mode == "bm25" else 4  # cosines and fused ranks are small numbers
+        lines = [f"chunk {h.chunk_id} (score {h.score:.{digits}f}): {h.snippet}" for h in hits]
         return f"{len(hits)} results for {args.keyword!r}, best first:\n" + "\n".join(lines)
 
     def _tool_readChunk(self, args: Any, caller: int) -> tuple[str, str]:
@@ -262,6 +294,26 @@ class PensieveEnv:
         self.answer = args.answer
         self._end("finished")
         return "Episode finished."
+
+    def _dense_search(self, index: ChunkIndex, query: str) -> list[SearchHit]:
+        """Dense or hybrid ranking (SPEC 2 search modes); BM25 snippets where BM25 matched, else the best passage."""
+        cfg = self.config
+        if self.dense is None:
+            try:
+                chunks = [index.chunk(i) for i in range(len(index))]
+                self.dense = DenseIndex.build(chunks, cfg.dense_model, cfg.dense_passage_words, cfg.embedding_cache_dir)
+            except DenseUnavailable as exc:
+                raise ToolError(str(exc)) from exc
+        dense = self.dense.ranking(query, cfg.dense_model)
+        if cfg.search_mode == "dense":
+            return [SearchHit(c, score, self.dense.snippet(p)) for c, score, p in dense[: cfg.search_top_k]]
+        keyword_hits = {h.chunk_id: h for h in index.search(query, top_k=len(index))}
+        fused = reciprocal_rank_fusion([list(keyword_hits), [c for c, _, _ in dense]], k=cfg.rrf_k)
+        best_passage = {c: p for c, _, p in dense}
+        return [
+            SearchHit(c, score, keyword_hits[c].snippet if c in keyword_hits else self.dense.snippet(best_passage[c]))
+            for c, score in fused[: cfg.search_top_k]
+        ]
 
     # -- helpers -----------------------------------------------------------------------------
     def _require_index(self) -> ChunkIndex:

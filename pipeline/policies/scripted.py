@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bm25s.stopwords import STOPWORDS_EN
+
 from pipeline.env.parsing import ToolCall, format_assistant_text
 from pipeline.policies.base import Message
 
@@ -61,7 +63,15 @@ def _goals(question: str, notes: dict[str, str]) -> tuple[list[Goal], str] | Non
                 Goal(f"value of {codeword}", codeword, rf"value behind the codeword {re.escape(codeword)} is (\d+)")
             )
         return goals, "last"
+    if question.endswith("? Answer with the number."):  # a needle the question only describes (paraphrase NIAH)
+        return [Goal("answer", _content_words(question), r"\b(\d{7})\b")], "last"
     return None
+
+
+def _content_words(question: str) -> str:
+    """The question without stopwords, as one keyword: all a keyword searcher can take from a paraphrase."""
+    words = re.findall(r"[\w-]+", question.removesuffix(" Answer with the number."))
+    return " ".join(w for w in words if w.lower() not in STOPWORDS_EN)
 
 
 class ScriptedExpert:

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.inventory import generate_inventory
+from pipeline.tasks.paraphrase import generate_paraphrase_niah
 from pipeline.tasks.schema import Task
 from pipeline.tasks.words import FILLER_WORDS, KEY_ADJECTIVES, KEY_NOUNS, PERSON_NAMES
 
@@ -186,4 +187,5 @@ GENERATORS = {
     "multihop": generate_multihop,
     "inventory": generate_inventory,
     "aggregation": generate_aggregation,
+    "paraphrase_niah": generate_paraphrase_niah,
 }
