@@ -8,6 +8,7 @@ every problem becomes an error tool message and a format error.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,6 +54,10 @@ class EnvConfig(BaseModel):
     dense_notice_passages: int = Field(
         default=2000, description="buildIndex warns that the first dense search is slow above this many passages."
     )
+    compact_stubs: bool = Field(
+        default=False,
+        description="Merge runs of adjacent stubs into one range stub (ids stay answerable, reading progress kept).",
+    )
     rrf_k: int = Field(default=60, ge=1, description="Hybrid: the k of reciprocal-rank fusion, 1 / (k + rank).")
 
 
@@ -87,6 +92,7 @@ class PensieveEnv:
         self.scan_cursor = 0
         self._offsets: np.ndarray | None = None
         self._header_extra: dict[int, str] = {}  # msg id -> header detail kept in its stub (reading progress)
+        self._range_members: dict[int, list[MessageRecord]] = {}  # range stub row -> the stubs it merged
         self.table: list[MessageRecord] = []  # every message version, stored once
         self.context: list[int] = []  # table indices of the live context
         self.turns: list[Turn] = []
@@ -97,7 +103,7 @@ class PensieveEnv:
         self.done = False
         self.end_state: str | None = None
         self.answer: str | None = None
-        self._add(MessageRecord(role="system", content=prompts.SYSTEM_PROMPT, msg_id=0))
+        self._add(MessageRecord(role="system", content=prompts.system_prompt(self.config.compact_stubs), msg_id=0))
         self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
         self.context_tokens = self.count_tokens()
         self._check_budgets()
@@ -260,6 +266,8 @@ class PensieveEnv:
         if not ids:
             raise ToolError("msg_id is an empty list")
         live = {self.table[row].msg_id: pos for pos, row in enumerate(self.context)}
+        for pos, row in enumerate(self.context):  # an id inside a range stub is live, and already deleted
+            live.update(dict.fromkeys(self.table[row].covers or [], pos))
         for msg_id in ids:  # validate all first: a delete is all or nothing
             if msg_id in (0, 1):
                 raise ToolError(
@@ -277,6 +285,8 @@ class PensieveEnv:
                 continue
             self._replace(position, self._stub_of(message))
             deleted.append(msg_id)
+        if self.config.compact_stubs:
+            self._compact_stubs()
         text = f"Deleted msg {', '.join(map(str, deleted))}." if deleted else "Nothing deleted."
         return text + (f" Already deleted: {', '.join(map(str, already))}." if already else "")
 
@@ -334,6 +344,47 @@ class PensieveEnv:
             extra = self._header_extra.get(message.msg_id or 0, "")
             content = prompts.tool_stub(message.msg_id or 0, message.tool_name or "tool", message.call_id or 0, extra)
         return message.model_copy(update={"content": content, "stub": True})
+
+    def _compact_stubs(self) -> None:
+        """Replace each run of two or more adjacent stubs (range stubs included) by one range stub.
+
+        The range stub is a new table entry, so every turn's context still rebuilds exactly from the
+        trajectory; `covers` keeps the merged ids so deleteContext still answers for each of them.
+        """
+        context, run = [], []
+        for row in [*self.context, None]:
+            message = self.table[row] if row is not None else None
+            if message is not None and message.stub and message.msg_id not in (0, 1):
+                run.append(row)
+                continue
+            context += [self._range_stub(run)] if len(run) > 1 else run
+            run = []
+            if row is not None:
+                context.append(row)
+        self.context = context
+
+    def _range_stub(self, rows: list[int]) -> int:
+        members: list[MessageRecord] = []
+        for row in rows:
+            members += self._range_members.get(row, [self.table[row]])
+        counts: dict[str, int] = {}
+        chunks, progress = [], ""
+        for member in members:
+            if member.role == "tool":
+                counts[member.tool_name or "tool"] = counts.get(member.tool_name or "tool", 0) + 1
+            extra = self._header_extra.get(member.msg_id or 0, "") if member.tool_name == "readChunk" else ""
+            if m := re.match(r"chunk (\d+), (progress \d+/\d+)", extra):
+                chunks.append(int(m.group(1)))
+                progress = m.group(2)
+        ids = [m.msg_id or 0 for m in members]
+        read = _id_ranges(sorted(set(chunks))) if chunks else ""
+        content = prompts.range_stub(_id_ranges(ids), counts, read, progress)
+        record = MessageRecord(
+            role=members[-1].role, content=content, msg_id=ids[0], tool_name="deleted", stub=True, covers=ids
+        )
+        self.table.append(record)
+        self._range_members[len(self.table) - 1] = members
+        return len(self.table) - 1
 
     def _tool_message(self, tool: str, caller: int, body: str, extra: str = "") -> int:
         msg_id = self._new_msg_id()

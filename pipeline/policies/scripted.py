@@ -21,6 +21,7 @@ _HEADER = re.compile(r"^\[msg (\d+) \| (\w+) \| called by msg (\d+)(?: \| ([^\]]
 _NOTE_LINE = re.compile(r"^- (.+?): (.*)$", re.MULTILINE)
 _HIT = re.compile(r"^chunk (\d+) \(score", re.MULTILINE)
 _AVAILABLE = re.compile(r"(\d+) available")
+_RANGE_TOOLS = re.compile(r"^\[msgs [\d, -]+ deleted \| tools: ([^|\]]*)")  # env.compact_stubs
 
 
 @dataclass
@@ -98,6 +99,7 @@ class ScriptedExpert:
         notes = {k: v for k, v in _NOTE_LINE.findall(task)}
         tool_msgs = [t for m in messages if m["role"] == "tool" and (t := _tool_message(m["content"]))]
         seen = {t.tool for t in tool_msgs}
+        seen |= {n for m in messages if (r := _RANGE_TOOLS.match(m["content"])) for n in re.findall(r"(\w+) x", r[1])}
         last = _last_turn_results(messages)
         if "analyzeText" not in seen:
             return ToolCall("analyzeText", {})
