@@ -79,7 +79,9 @@ def main() -> None:
         "paraphrase": generate_paraphrase_niah(
             args.tasks, args.tokens, args.tokens, seed=args.seed, tokenizer=tokenizer
         ),
-        "literal": generate_niah(args.tasks, args.tokens, args.tokens, seed=args.seed, tokenizer=tokenizer),
+        "literal": generate_niah(
+            args.literal_tasks or args.tasks, args.tokens, args.tokens, seed=args.seed, tokenizer=tokenizer
+        ),
     }
     recall: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as scratch:
