@@ -29,6 +29,9 @@ class MessageRecord(BaseModel):
     tool_name: str | None = Field(default=None, description="Tool messages: which tool answered.")
     call_id: int | None = Field(default=None, description="Tool messages: msg id of the calling message.")
     stub: bool = Field(default=False, description="True when this is the deleted form of a message.")
+    covers: list[int] | None = Field(
+        default=None, description="Range stubs (env.compact_stubs): the msg ids of the adjacent stubs merged into it."
+    )
 
     def chat(self) -> dict[str, str]:
         """The message as the chat template takes it."""

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.inventory import generate_inventory
+from pipeline.tasks.paraphrase import generate_paraphrase_niah
 from pipeline.tasks.phrasing import (
     FAMILIES,
     HOP1,
@@ -276,4 +277,5 @@ GENERATORS = {
     "multihop": generate_multihop,
     "inventory": generate_inventory,
     "aggregation": generate_aggregation,
+    "paraphrase_niah": generate_paraphrase_niah,
 }
