@@ -1,6 +1,6 @@
 """Environment speed: tokenizing + indexing a 2M-token haystack, search latency, scripted steps/s.
 
-Usage: python benchmarks/env_bench.py [--model runs/tiny/model] [--tokens 2000000]
+Usage: python benchmarks/env_bench.py [--model runs/tiny/model] [--tokens 2000000] [--stubs-only]
 Builds the tiny model first if the folder is missing. Prints figures; asserts nothing.
 """
 
@@ -20,15 +20,46 @@ from pipeline.tasks.generators import generate_niah
 from pipeline.tiny import build_tiny_model
 
 
+def stub_tokens_after_cycles(task, tokenizer, cycles: int, compact: bool) -> int:
+    """Tokens of the stubs left after `cycles` scan-read, note, delete cycles (each deletes the last one too)."""
+    config = EnvConfig(max_rounds=3 * cycles + 5, max_context_tokens=10**6, compact_stubs=compact)
+    env = PensieveEnv(task.question, task.load_input(), tokenizer, config)
+    env.step(format_assistant_text("", [{"name": "buildIndex", "arguments": {"chunk_size": 64}}]))
+    previous: list[int] = []
+    for i in range(cycles):
+        start = env.next_msg_id
+        env.step(format_assistant_text("", [{"name": "readChunk", "arguments": {"scan": True}}]))
+        note = {"key": f"chunk {i}", "summary": f"read {i}", "content": f"chunk {i} read"}
+        env.step(format_assistant_text("", [{"name": "note", "arguments": note}]))
+        ids = previous + list(range(start, env.next_msg_id))
+        env.step(format_assistant_text("", [{"name": "deleteContext", "arguments": {"msg_id": ids}}]))
+        previous = list(range(env.next_msg_id - 2, env.next_msg_id))
+    if len(env.notebook.notes) != cycles:
+        raise RuntimeError(f"{len(env.notebook.notes)} notes after {cycles} cycles (end state {env.end_state})")
+    stubs = [env.table[row].content for row in env.context if env.table[row].stub]
+    return sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in stubs)
+
+
+def print_stub_line(tokenizer) -> None:
+    task = generate_niah(1, 8000, 8000, seed=2, tokenizer=tokenizer)[0]  # > 100 chunks of 64 tokens
+    plain = stub_tokens_after_cycles(task, tokenizer, 100, compact=False)
+    compacted = stub_tokens_after_cycles(task, tokenizer, 100, compact=True)
+    print(f"stub tokens after 100 read-note-delete cycles: plain {plain} compacted {compacted}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="runs/tiny/model")
     parser.add_argument("--tokens", type=int, default=2_000_000)
     parser.add_argument("--searches", type=int, default=50)
+    parser.add_argument("--stubs-only", action="store_true", help="Only the stub compaction line.")
     args = parser.parse_args()
     if not Path(args.model, "config.json").exists():
         build_tiny_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.stubs_only:
+        print_stub_line(tokenizer)
+        return
 
     start = time.perf_counter()
     task = generate_niah(1, args.tokens, args.tokens, seed=0, tokenizer=tokenizer)[0]
@@ -87,6 +118,7 @@ def main() -> None:
         f"scripted expert on 20 x 4K-token tasks: {small_steps} steps in {small_s:.2f} s "
         f"({small_steps / small_s:.1f} steps/s)"
     )
+    print_stub_line(tokenizer)
 
 
 if __name__ == "__main__":

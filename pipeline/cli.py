@@ -7,11 +7,44 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+from pipeline.errors import DEBUG_ENV, StateLMError, debug_requested, explain
+
+
+class _CleanErrors(TyperGroup):
+    """Every sub-command's error becomes one short paragraph on stderr and a non-zero exit (pipeline/errors.py);
+    `--debug` or STATELM_DEBUG=1 lets the exception (and its traceback) through instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except SystemExit as exc:  # argparse (TRL's parser) and other libraries exit on their own
+            if exc.code in (0, None):
+                raise
+            _fail(ctx, StateLMError(f"stopped with exit code {exc.code} (see the lines above)"), exc)
+        except Exception as exc:
+            _fail(ctx, exc, exc)
+
+
+def _fail(ctx: click.Context, shown: BaseException, raised: BaseException) -> None:
+    if ctx.meta.get("statelm.debug") or debug_requested():
+        raise raised
+    Console(stderr=True, soft_wrap=True, highlight=False).print(
+        f"[bold red]error:[/bold red] {explain(shown)}\n[dim](--debug or {DEBUG_ENV}=1 shows the traceback)[/dim]",
+        markup=True,
+    )
+    raise typer.Exit(getattr(shown, "exit_code", 1)) from None
+
 
 app = typer.Typer(
+    cls=_CleanErrors,
     help="statelm: train chat LLMs to manage their own context.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -24,7 +57,12 @@ console = Console()
 
 
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _setup(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option(help=f"Show tracebacks instead of short errors (or {DEBUG_ENV}=1).")] = False,
+) -> None:
+    ctx.meta["statelm.debug"] = debug
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("bm25s", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -148,7 +186,7 @@ def collect_cmd(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Play teacher episodes in the environment; resumable, one JSONL line per finished episode."""
-    from pipeline.collect import run_collect
+    from pipeline.collect import failure_problem, run_collect
     from pipeline.recipe import load_collect_recipe
 
     loaded = load_collect_recipe(
@@ -156,6 +194,9 @@ def collect_cmd(
     )
     report = run_collect(loaded, progress=progress)
     _print_report(report, Path(loaded.output_dir) / "report.json")
+    problem = failure_problem(report, loaded.max_failed_share)
+    if problem is not None:
+        raise problem
 
 
 @app.command("curate")
@@ -241,6 +282,7 @@ def sft_cmd(
     """SFT on curated segments in one process; resumes from the last checkpoint. More flags (any TRL SFTConfig or
     ModelConfig field) pass through; several processes: `accelerate launch -m pipeline.sft --config <recipe>`."""
     from pipeline.sft import main, make_parser
+    from pipeline.trl_recipe import parse_recipe
 
     flags = ["--config", str(recipe)]
     overrides = (
@@ -251,7 +293,7 @@ def sft_cmd(
     )
     for flag, value in overrides:
         flags += [flag, str(value)] if value is not None else []
-    script_args, training_args, model_args = make_parser().parse_args_and_config([*flags, *ctx.args])
+    script_args, training_args, model_args = parse_recipe(make_parser(), [*flags, *ctx.args])
     script_args.recipe = script_args.recipe or str(recipe)
     report = main(script_args, training_args, model_args)
     table = Table(title=f"SFT report ({training_args.output_dir}/report.json)")
@@ -274,11 +316,12 @@ def grpo_cmd(
     """GRPO on whole episodes in one process; resumes from the last checkpoint. More flags (`--beta 0`, any TRL
     GRPOConfig field) pass through; several processes: `accelerate launch -m pipeline.grpo --config <recipe>`."""
     from pipeline.grpo import main, make_parser
+    from pipeline.trl_recipe import parse_recipe
 
     flags = ["--config", str(recipe)]
     for flag, value in (("--output_dir", output_dir), ("--model_name_or_path", model), ("--max_steps", max_steps)):
         flags += [flag, str(value)] if value is not None else []
-    script_args, training_args, model_args = make_parser().parse_args_and_config([*flags, *ctx.args])
+    script_args, training_args, model_args = parse_recipe(make_parser(), [*flags, *ctx.args])
     script_args.recipe = script_args.recipe or str(recipe)
     report = main(script_args, training_args, model_args)
     table = Table(title=f"GRPO report ({training_args.output_dir}/report.json)")
@@ -328,6 +371,7 @@ def _print_report(report: dict, path: Path) -> None:
         "peak_context_tokens",
         "mean_rounds",
         "format_errors",
+        "truncated_turns",
         "tool_calls",
     ):
         value = report.get(key)
@@ -340,6 +384,11 @@ def _print_report(report: dict, path: Path) -> None:
             else str(value),
         )
     console.print(table)
+    if report.get("truncated_turns"):
+        console.print(
+            f"[yellow]{report['truncated_turns']} turns were cut at the policy's max_tokens (finish_reason "
+            "length); curate rejects their episodes as 'truncated': raise policy.max_tokens[/yellow]"
+        )
     if report.get("failed"):
         console.print(f"[red]{len(report['failed'])} episodes failed (re-run to retry):[/red]")
         for line in report["failed"][:10]:

@@ -12,7 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import EXIT_EPISODES_FAILED, StateLMError
 from pipeline.policies.factory import make_policy
+from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
 from pipeline.recipe import CollectRecipe, GeneratedTasks, JudgeSpec, TaskFile
 from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
 from pipeline.tasks.generators import GENERATORS
@@ -71,8 +73,33 @@ def make_grader(judge_spec: JudgeSpec | None):
     return grader
 
 
+def preflight(recipe: CollectRecipe) -> None:
+    """Everything that would otherwise fail after the tasks were built: paths, endpoints, task files."""
+    check_model_path(recipe.student_tokenizer, "student_tokenizer")
+    check_policy(recipe.policy, "policy")
+    check_env(recipe.env)
+    if recipe.judge is not None:
+        check_endpoint(recipe.judge.base_url, recipe.judge.api_key, "judge.base_url")
+    check_task_files(recipe.tasks)
+
+
+def failure_problem(report: dict[str, Any], max_failed_share: float) -> StateLMError | None:
+    """The error `statelm collect` exits with when more of this run's episodes failed than allowed."""
+    failed = len(report["failed"])
+    attempted = failed + report["played"]
+    if not failed or failed / attempted <= max_failed_share:
+        return None
+    return StateLMError(
+        f"{failed} of {attempted} episodes failed (allowed share {max_failed_share:g}; "
+        f"{report['played']} written, {report['skipped_existing']} already there). The first: {report['failed'][0]}. "
+        "Fix the cause and re-run: written episodes are kept and skipped.",
+        exit_code=EXIT_EPISODES_FAILED,
+    )
+
+
 def run_collect(recipe: CollectRecipe, progress: bool = True) -> dict[str, Any]:
     """Collect, then report over everything in the trajectory file."""
+    preflight(recipe)
     out_dir = Path(recipe.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(recipe.student_tokenizer)

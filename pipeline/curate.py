@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm.auto import tqdm
 
 from pipeline.balance import balance_turns, distribution
+from pipeline.preflight import check_hub_push, check_model_path
 from pipeline.recipe import load_yaml
 from pipeline.rollout import iter_trajectories
 from pipeline.segments import SegmentError, check_trajectory, segment_trajectory
@@ -135,6 +136,8 @@ def rejection_reasons(traj: Trajectory, filters: FilterConfig) -> list[str]:
         reasons.append("not_ended_by_finish")
     if filters.require_correct and not traj.correct:
         reasons.append("incorrect")
+    if any(turn.error == "truncated" for turn in traj.turns):
+        reasons.append("truncated")  # a turn cut at the teacher's max_tokens: raise policy.max_tokens
     if traj.format_errors > filters.max_format_errors:
         reasons.append("format_errors")
     if filters.max_context_tokens is not None and traj.peak_context_tokens > filters.max_context_tokens:
@@ -173,6 +176,12 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     started = time.time()
+    for path in recipe.inputs:  # before any work: a missing file, tokenizer or Hub login fails in one line
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"inputs: trajectory file not found: {path}")
+    check_model_path(recipe.tokenizer, "tokenizer")
+    if recipe.push_to_hub:
+        check_hub_push(recipe.hub_id, "hub_id")
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer)
@@ -272,9 +281,6 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
     _save_atomically(dataset, out / DATASET, progress)
     del dataset
     scratch.unlink(missing_ok=True)
-    if recipe.push_to_hub:
-        Dataset.load_from_disk(str(out / DATASET)).push_to_hub(recipe.hub_id, private=recipe.hub_private)
-
     before = distribution(action for _, _, action in candidates)
     report = {
         "stage": "curate",
@@ -306,6 +312,8 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
         "seconds": round(time.time() - started, 2),
     }
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if recipe.push_to_hub:  # after report.json: a failed push loses neither the dataset nor its figures
+        Dataset.load_from_disk(str(out / DATASET)).push_to_hub(recipe.hub_id, private=recipe.hub_private)
     return report
 
 

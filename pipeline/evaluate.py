@@ -21,11 +21,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.collect import build_tasks, load_tokenizer, make_grader
+from pipeline.errors import PreflightError
 from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
 from pipeline.policies.base import as_action
 from pipeline.policies.factory import make_policy
 from pipeline.policies.hf import HFPolicy
+from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
 from pipeline.recipe import EvalRecipe, PolicySpec
 from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
 from pipeline.tasks.schema import Task
@@ -181,8 +183,22 @@ async def _no_tools_batch(
     return records
 
 
+def preflight(recipe: EvalRecipe) -> None:
+    """Every model path, endpoint and task file, before the first episode of the first system."""
+    for label, spec in recipe.models.items():
+        check_policy(spec, f"models.{label}")
+    check_model_path(recipe.tokenizer_path(), "student_tokenizer")
+    if recipe.no_tools_model is not None and recipe.no_tools_model not in recipe.models:
+        raise PreflightError(f"no_tools_model: {recipe.no_tools_model!r} is not one of models {sorted(recipe.models)}")
+    check_env(recipe.env)
+    if recipe.judge is not None:
+        check_endpoint(recipe.judge.base_url, recipe.judge.api_key, "judge.base_url")
+    check_task_files(recipe.tasks)
+
+
 def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     """Play every system on the recipe's tasks and write report.json, report.md and the plots."""
+    preflight(recipe)
     out_dir = Path(recipe.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(recipe.tokenizer_path())

@@ -18,20 +18,31 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import torch
 import transformers
 from accelerate import PartialState
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from transformers import AutoTokenizer, set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from pipeline.collect import build_tasks
+from pipeline.errors import RecipeError
 from pipeline.freezing import freeze_all_but_top_layers
 from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
+from pipeline.preflight import check_task_files
 from pipeline.recipe import GeneratedTasks, TaskFile
-from pipeline.sft import copy_model_files, is_final, last_complete_checkpoint, step_of, trainer_state
+from pipeline.sft import (
+    copy_model_files,
+    is_final,
+    last_complete_checkpoint,
+    model_name,
+    preflight,
+    step_of,
+    trainer_state,
+)
 
 logger = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -82,6 +93,7 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logger.info("script %s\nmodel %s", script_args, model_args)
+    preflight(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
     output_dir = training_args.output_dir
@@ -112,7 +124,7 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
         trainer.save_model(output_dir)
 
     # Model card and push
-    card = {"tags": ["statelm", "grpo"]}
+    card = {"model_name": model_name(training_args), "tags": ["statelm", "grpo"]}
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(**card)
         if not model_args.use_peft:  # activation checkpointing turned the cache off; inference wants it
@@ -145,21 +157,34 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
     return report
 
 
+def task_sources(tasks: list[Any] | None, recipe: str | None) -> list[GeneratedTasks | TaskFile]:
+    """The recipe's `tasks:` as task sources; a bad entry names the recipe, the entry and the field, once
+    (not pydantic's dump of every member of the union it tried)."""
+    where = f"{recipe}: tasks" if recipe else "tasks"
+    if not tasks:
+        raise RecipeError(f"{where}: the recipe lists no task source ({{generator: ...}} or {{file: ...}})")
+    sources: list[GeneratedTasks | TaskFile] = []
+    for index, entry in enumerate(tasks):
+        model = TaskFile if isinstance(entry, dict) and "file" in entry else GeneratedTasks
+        try:
+            sources.append(model.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors())
+            raise RecipeError(f"{where}.{index}: {problems}") from exc
+    check_task_files(sources, where)
+    return sources
+
+
 def build_trainer(
     script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, model_args: ModelConfig
 ) -> StateLMGRPOTrainer:
     """The trainer main() runs: tasks, tokenizer, model path (loaded by TRL once the DeepSpeed config exists)."""
+    sources = task_sources(script_args.tasks, script_args.recipe)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
-    try:
-        sources = TypeAdapter(list[GeneratedTasks | TaskFile]).validate_python(script_args.tasks or [])
-    except ValidationError as exc:
-        raise ValueError(f"tasks: {exc}") from exc
-    if not sources:
-        raise ValueError("tasks: the recipe lists no task source ({generator: ...} or {file: ...})")
     tasks = build_tasks(sources, tokenizer)
     if training_args.curriculum is not None and not any(t.metadata.get("generator") == "inventory" for t in tasks):
         raise ValueError("curriculum: it schedules inventory streams, but tasks has no {generator: inventory} source")
@@ -202,7 +227,9 @@ def build_trainer(
 
 
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    from pipeline.trl_recipe import parse_recipe
+
+    script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
     if script_args.recipe is None and "--config" in sys.argv[:-1]:
         script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
     main(script_args, training_args, model_args)

@@ -104,6 +104,13 @@ class CollectRecipe(_Strict):
     seed: int = 0
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     judge: JudgeSpec | None = None
+    max_failed_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of this run's episodes that may fail (server errors after every retry) before "
+        "`statelm collect` exits non-zero (3); 0: any failed episode does.",
+    )
 
     @field_validator("env", mode="before")
     @classmethod

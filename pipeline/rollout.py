@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pipeline.env.registry import make_env
-from pipeline.policies.base import Policy, as_action
+from pipeline.policies.base import Action, Policy, as_action
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 
@@ -116,10 +116,18 @@ async def play_episode(
         action = as_action(await policy.act(env.messages(), env.tools, seed=episode.seed + turn))
         turns_before = len(env.turns)
         await asyncio.to_thread(env.step, action.text)
-        if not action.trained and len(env.turns) > turns_before:
-            env.turns[-1].trained = False
+        if len(env.turns) > turns_before:
+            record_action(env.turns[-1], action)
         turn += 1
     return await finish_episode(episode, env, policy.name, grader, weights)
+
+
+def record_action(turn: Any, action: Action) -> None:
+    """What the policy said about its turn beyond the text: not to train it, why its output ended."""
+    turn.trained = action.trained
+    if action.finish_reason is not None:
+        turn.finish_reason = action.finish_reason
+        turn.error = "truncated" if action.finish_reason == "length" else None
 
 
 async def finish_episode(
@@ -226,8 +234,11 @@ async def _play_in_rounds(
                 [env.tools for _, env, _ in playing],
                 [episode.seed + turn for episode, _, turn in playing],
             )
-            for (_, env, _), text in zip(playing, texts, strict=True):
-                await asyncio.to_thread(env.step, text)
+            for (_, env, _), reply in zip(playing, texts, strict=True):
+                action, turns_before = as_action(reply), len(env.turns)
+                await asyncio.to_thread(env.step, action.text)
+                if len(env.turns) > turns_before:
+                    record_action(env.turns[-1], action)
         live = [(episode, env, turn + 1) for episode, env, turn in live]
         for episode, env, _ in [item for item in live if item[1].done]:
             await write(await finish_episode(episode, env, policy.name, grader, weights))
@@ -249,6 +260,7 @@ def summarize(trajectories: list[Trajectory]) -> dict[str, Any]:
         "mean_peak_context_tokens": sum(peaks) / n if n else 0.0,
         "mean_rounds": sum(t.rounds for t in trajectories) / n if n else 0.0,
         "format_errors": sum(t.format_errors for t in trajectories),
+        "truncated_turns": sum(turn.error == "truncated" for t in trajectories for turn in t.turns),
         "tool_calls": dict(tools.most_common()),
         "deletions_per_episode": tools.get("deleteContext", 0) / n if n else 0.0,
     }

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import torch
@@ -28,7 +29,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
+from pipeline.errors import PreflightError
 from pipeline.freezing import freeze_all_but_top_layers
+from pipeline.preflight import check_hub_push, check_model_path
 from pipeline.sft_data import describe, load_sft_dataset
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     logger.info("script %s\nmodel %s", script_args, model_args)
+    preflight(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
     output_dir = training_args.output_dir
@@ -122,7 +126,11 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         trainer.save_model(output_dir)
 
     # Model card and push
-    card = {"dataset_name": script_args.dataset_name, "tags": ["statelm", "sft"]}
+    card = {
+        "model_name": model_name(training_args),
+        "dataset_name": script_args.dataset_name,
+        "tags": ["statelm", "sft"],
+    }
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(**card)
         if not model_args.use_peft:  # gradient checkpointing turned the cache off; inference wants it
@@ -202,6 +210,23 @@ def build_trainer(
     return trainer, data_report
 
 
+def preflight(recipe: str | None, model: str | None, training_args: Any) -> None:
+    """Before any loading: the model path resolves and, when pushing, the Hub takes the token."""
+    where = f"{recipe}: " if recipe else ""
+    if not model:
+        raise PreflightError(f"{where}model_name_or_path is not set (the recipe's key, or --model)")
+    check_model_path(model, f"{where}model_name_or_path")
+    if training_args.push_to_hub:
+        check_hub_push(training_args.hub_model_id or model_name(training_args), f"{where}push_to_hub")
+
+
+def model_name(training_args: Any) -> str:
+    """The name the model card gives the model, as TRL names it at checkpoints: the hub repo or the folder."""
+    if training_args.hub_model_id:
+        return training_args.hub_model_id.split("/")[-1]
+    return os.path.basename(os.path.normpath(training_args.output_dir))
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint-<step> in output_dir that was fully written. A kill during a save leaves a
     checkpoint without trainer_state.json (the Trainer writes it last), which get_last_checkpoint would pick."""
@@ -241,7 +266,9 @@ def copy_model_files(checkpoint: str, output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    from pipeline.trl_recipe import parse_recipe
+
+    script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
     if script_args.recipe is None and "--config" in sys.argv[:-1]:
         script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
     main(script_args, training_args, model_args)

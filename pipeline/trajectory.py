@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 Role = Literal["system", "user", "assistant", "tool"]
 EndState = Literal["finished", "over_budget", "malformed", "max_rounds"]
 END_STATES: tuple[str, ...] = ("finished", "over_budget", "malformed", "max_rounds")
+TurnError = Literal["truncated"]
+"""Per-turn problems of the policy's output itself (not the episode's end state): `truncated` means the
+server stopped at the output cap (finish_reason `length`), so the text is cut, not what the model meant."""
 
 
 class MessageRecord(BaseModel):
@@ -26,6 +29,9 @@ class MessageRecord(BaseModel):
     tool_name: str | None = Field(default=None, description="Tool messages: which tool answered.")
     call_id: int | None = Field(default=None, description="Tool messages: msg id of the calling message.")
     stub: bool = Field(default=False, description="True when this is the deleted form of a message.")
+    covers: list[int] | None = Field(
+        default=None, description="Range stubs (env.compact_stubs): the msg ids of the adjacent stubs merged into it."
+    )
 
     def chat(self) -> dict[str, str]:
         """The message as the chat template takes it."""
@@ -47,6 +53,8 @@ class Turn(BaseModel):
     trained: bool = Field(
         default=True, description="False: the policy asked not to train this turn (kept as context, mask 0)."
     )
+    finish_reason: str | None = Field(default=None, description="The server's finish_reason, when it gave one.")
+    error: TurnError | None = Field(default=None, description="truncated: the output hit the per-turn cap.")
 
     @property
     def action(self) -> str:

@@ -63,7 +63,10 @@ def test_rejection_reasons_counted_and_bad_lines_skipped(collected, tiny_model_d
     over_context.turns[2].context_tokens_after = 40_000
     broken_reference = variant(base, "broken-reference")
     broken_reference.turns[1].assistant = 0  # the system message
+    truncated = variant(base, "truncated")  # a teacher turn cut at max_tokens, even if the episode recovered
+    truncated.turns[1].finish_reason, truncated.turns[1].error = "length", "truncated"
     variants = [
+        truncated,
         variant(base, "over-budget", end_state="over_budget", correct=False),
         variant(base, "max-rounds", end_state="max_rounds", correct=False),
         variant(base, "wrong", correct=False),
@@ -94,6 +97,7 @@ def test_rejection_reasons_counted_and_bad_lines_skipped(collected, tiny_model_d
         "end_state:over_budget": 1,
         "end_state:max_rounds": 1,
         "format_errors": 1,
+        "truncated": 1,
         "over_context_budget": 1,
         "over_round_budget": 1,
         "no_turns": 1,

@@ -275,7 +275,8 @@ def test_cli_run_on_the_random_model(tiny_model_dir, tmp_path):
         assert entry["segments/trained_per_episode"] >= 1 and entry["episodes/context_tokens_peak"] > 1000
         assert all(v == v for v in entry.values() if isinstance(v, float)), "no NaN"
     assert_same_weights(out, tiny_model_dir)
-    assert "GRPO" in (out / "README.md").read_text() and (out / "checkpoint-2").is_dir()
+    card = (out / "README.md").read_text()
+    assert "GRPO" in card and "Model Card for out" in card and (out / "checkpoint-2").is_dir()
 
 
 def assert_same_weights(trained: Path, base: Path) -> None:

@@ -181,6 +181,7 @@ def assert_loads_and_trained(output_dir: Path, base: Path) -> None:
     assert not torch.allclose(trained, initial), "the saved model is the untrained one"
     card = (output_dir / "README.md").read_text()
     assert f"Base model: `{base}`" in card and "Recipe: `" in card and "Data: `" in card
+    assert f"Model Card for {output_dir.name}" in card  # the model is named (not "Model Card for None")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ every problem becomes an error tool message and a format error.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,7 +17,8 @@ from pydantic import BaseModel, Field
 
 from pipeline.env import prompts
 from pipeline.env.base import episode_record
-from pipeline.env.index import ChunkIndex, token_offsets
+from pipeline.env.dense import DenseIndex, DenseUnavailable, estimated_passages, reciprocal_rank_fusion
+from pipeline.env.index import ChunkIndex, SearchHit, token_offsets
 from pipeline.env.notebook import Notebook
 from pipeline.env.parsing import ToolCall, parse_tool_calls
 from pipeline.env.tools import tool_schemas, validate_arguments
@@ -40,6 +42,28 @@ class EnvConfig(BaseModel):
         description="Short system prompt and tool schemas (types only): about half the tokens of every row, for "
         "small students on CPU. Train and evaluate with the same setting.",
     )
+    search_mode: Literal["bm25", "dense", "hybrid"] = Field(
+        default="bm25",
+        description="searchEngine ranking: BM25 keywords (instant), dense passage embeddings (the [dense] extra), "
+        "or hybrid: reciprocal-rank fusion of both.",
+    )
+    dense_model: str | None = Field(
+        default=None, description="sentence-transformers folder or hub id; None: the packaged all-MiniLM-L6-v2."
+    )
+    dense_passage_words: int = Field(
+        default=30, ge=8, description="Words per embedded passage inside a chunk (MiniLM averages: short is sharp)."
+    )
+    embedding_cache_dir: str | None = Field(
+        default="runs/embeddings", description="Passage embeddings cached by document hash; None: no disk cache."
+    )
+    dense_notice_passages: int = Field(
+        default=2000, description="buildIndex warns that the first dense search is slow above this many passages."
+    )
+    compact_stubs: bool = Field(
+        default=False,
+        description="Merge runs of adjacent stubs into one range stub (ids stay answerable, reading progress kept).",
+    )
+    rrf_k: int = Field(default=60, ge=1, description="Hybrid: the k of reciprocal-rank fusion, 1 / (k + rank).")
 
 
 @dataclass
@@ -69,9 +93,11 @@ class PensieveEnv:
         self.tools = tool_schemas(compact=self.config.compact_prompts)
         self.notebook = Notebook()
         self.index: ChunkIndex | None = None
+        self.dense: DenseIndex | None = None  # embedded on the first dense or hybrid search
         self.scan_cursor = 0
         self._offsets: np.ndarray | None = None
         self._header_extra: dict[int, str] = {}  # msg id -> header detail kept in its stub (reading progress)
+        self._range_members: dict[int, list[MessageRecord]] = {}  # range stub row -> the stubs it merged
         self.table: list[MessageRecord] = []  # every message version, stored once
         self.context: list[int] = []  # table indices of the live context
         self.turns: list[Turn] = []
@@ -84,6 +110,7 @@ class PensieveEnv:
         self.answer: str | None = None
         system = prompts.COMPACT_SYSTEM_PROMPT if self.config.compact_prompts else prompts.SYSTEM_PROMPT
         self._add(MessageRecord(role="system", content=system, msg_id=0))
+        self._add(MessageRecord(role="system", content=prompts.system_prompt(self.config.compact_stubs), msg_id=0))
         self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
         self.context_tokens = self.count_tokens()
         self._check_budgets()
@@ -185,16 +212,28 @@ class PensieveEnv:
         if args.overlap >= args.chunk_size:
             raise ToolError(f"overlap ({args.overlap}) must be smaller than chunk_size ({args.chunk_size})")
         self.index = ChunkIndex.build(self.input_text, self.offsets, args.chunk_size, args.overlap)
-        self.scan_cursor = 0
+        self.dense, self.scan_cursor = None, 0
         n = len(self.index)
-        return f"Index built: {n} chunks of up to {args.chunk_size} tokens (overlap {args.overlap}), ids 0-{n - 1}."
+        text = f"Index built: {n} chunks of up to {args.chunk_size} tokens (overlap {args.overlap}), ids 0-{n - 1}."
+        covered_tokens = self.input_tokens * args.chunk_size / (args.chunk_size - args.overlap)  # overlap re-embeds
+        passages = estimated_passages(int(covered_tokens), self.config.dense_passage_words)
+        if self.config.search_mode != "bm25" and passages > self.config.dense_notice_passages:
+            text += (
+                f" Note: the first search embeds about {passages} passages ({self.config.search_mode} search), "
+                "which takes minutes on a CPU unless this input was embedded before."
+            )
+        return text
 
     def _tool_searchEngine(self, args: Any, caller: int) -> str:
         index = self._require_index()
-        hits = index.search(args.keyword, top_k=self.config.search_top_k)
+        if self.config.search_mode == "bm25":
+            hits = index.search(args.keyword, top_k=self.config.search_top_k)
+        else:
+            hits = self._dense_search(index, args.keyword)
         if not hits:
             return f"No chunk matches {args.keyword!r}."
-        lines = [f"chunk {h.chunk_id} (score {h.score:.2f}): {h.snippet}" for h in hits]
+        digits = 2 if self.config.search_mode == "bm25" else 4  # cosines and fused ranks are small numbers
+        lines = [f"chunk {h.chunk_id} (score {h.score:.{digits}f}): {h.snippet}" for h in hits]
         return f"{len(hits)} results for {args.keyword!r}, best first:\n" + "\n".join(lines)
 
     def _tool_readChunk(self, args: Any, caller: int) -> tuple[str, str]:
@@ -234,6 +273,8 @@ class PensieveEnv:
         if not ids:
             raise ToolError("msg_id is an empty list")
         live = {self.table[row].msg_id: pos for pos, row in enumerate(self.context)}
+        for pos, row in enumerate(self.context):  # an id inside a range stub is live, and already deleted
+            live.update(dict.fromkeys(self.table[row].covers or [], pos))
         for msg_id in ids:  # validate all first: a delete is all or nothing
             if msg_id in (0, 1):
                 raise ToolError(
@@ -251,6 +292,8 @@ class PensieveEnv:
                 continue
             self._replace(position, self._stub_of(message))
             deleted.append(msg_id)
+        if self.config.compact_stubs:
+            self._compact_stubs()
         text = f"Deleted msg {', '.join(map(str, deleted))}." if deleted else "Nothing deleted."
         return text + (f" Already deleted: {', '.join(map(str, already))}." if already else "")
 
@@ -268,6 +311,26 @@ class PensieveEnv:
         self.answer = args.answer
         self._end("finished")
         return "Episode finished."
+
+    def _dense_search(self, index: ChunkIndex, query: str) -> list[SearchHit]:
+        """Dense or hybrid ranking (SPEC 2 search modes); BM25 snippets where BM25 matched, else the best passage."""
+        cfg = self.config
+        if self.dense is None:
+            try:
+                chunks = [index.chunk(i) for i in range(len(index))]
+                self.dense = DenseIndex.build(chunks, cfg.dense_model, cfg.dense_passage_words, cfg.embedding_cache_dir)
+            except DenseUnavailable as exc:
+                raise ToolError(str(exc)) from exc
+        dense = self.dense.ranking(query, cfg.dense_model)
+        if cfg.search_mode == "dense":
+            return [SearchHit(c, score, self.dense.snippet(p)) for c, score, p in dense[: cfg.search_top_k]]
+        keyword_hits = {h.chunk_id: h for h in index.search(query, top_k=len(index))}
+        fused = reciprocal_rank_fusion([list(keyword_hits), [c for c, _, _ in dense]], k=cfg.rrf_k)
+        best_passage = {c: p for c, _, p in dense}
+        return [
+            SearchHit(c, score, keyword_hits[c].snippet if c in keyword_hits else self.dense.snippet(best_passage[c]))
+            for c, score in fused[: cfg.search_top_k]
+        ]
 
     # -- helpers -----------------------------------------------------------------------------
     def _require_index(self) -> ChunkIndex:
@@ -288,6 +351,47 @@ class PensieveEnv:
             extra = self._header_extra.get(message.msg_id or 0, "")
             content = prompts.tool_stub(message.msg_id or 0, message.tool_name or "tool", message.call_id or 0, extra)
         return message.model_copy(update={"content": content, "stub": True})
+
+    def _compact_stubs(self) -> None:
+        """Replace each run of two or more adjacent stubs (range stubs included) by one range stub.
+
+        The range stub is a new table entry, so every turn's context still rebuilds exactly from the
+        trajectory; `covers` keeps the merged ids so deleteContext still answers for each of them.
+        """
+        context, run = [], []
+        for row in [*self.context, None]:
+            message = self.table[row] if row is not None else None
+            if message is not None and message.stub and message.msg_id not in (0, 1):
+                run.append(row)
+                continue
+            context += [self._range_stub(run)] if len(run) > 1 else run
+            run = []
+            if row is not None:
+                context.append(row)
+        self.context = context
+
+    def _range_stub(self, rows: list[int]) -> int:
+        members: list[MessageRecord] = []
+        for row in rows:
+            members += self._range_members.get(row, [self.table[row]])
+        counts: dict[str, int] = {}
+        chunks, progress = [], ""
+        for member in members:
+            if member.role == "tool":
+                counts[member.tool_name or "tool"] = counts.get(member.tool_name or "tool", 0) + 1
+            extra = self._header_extra.get(member.msg_id or 0, "") if member.tool_name == "readChunk" else ""
+            if m := re.match(r"chunk (\d+), (progress \d+/\d+)", extra):
+                chunks.append(int(m.group(1)))
+                progress = m.group(2)
+        ids = [m.msg_id or 0 for m in members]
+        read = _id_ranges(sorted(set(chunks))) if chunks else ""
+        content = prompts.range_stub(_id_ranges(ids), counts, read, progress)
+        record = MessageRecord(
+            role=members[-1].role, content=content, msg_id=ids[0], tool_name="deleted", stub=True, covers=ids
+        )
+        self.table.append(record)
+        self._range_members[len(self.table) - 1] = members
+        return len(self.table) - 1
 
     def _tool_message(self, tool: str, caller: int, body: str, extra: str = "") -> int:
         msg_id = self._new_msg_id()

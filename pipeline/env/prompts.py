@@ -8,6 +8,14 @@ keep the facts you need in the notebook (note, updateNote, readNote), and free c
 messages you no longer need (deleteContext with their msg ids; every tool result starts with its msg id
 and the id of the message that called it). Deleted messages become short stubs. Check your budget
 (checkBudget) and end with finish(answer). Call at least one tool in every message."""
+COMPACT_STUBS_NOTE = """Adjacent stubs merge into one range stub ("[msgs 12-30 deleted | tools: readChunk x9, note x9 |
+read chunks 0-8, progress 9/40]"); the ids inside a range are already deleted."""
+
+
+def system_prompt(compact_stubs: bool = False) -> str:
+    """The system prompt; with stub compaction on, it also says what a range stub is."""
+    return SYSTEM_PROMPT + ("\n" + COMPACT_STUBS_NOTE if compact_stubs else "")
+
 
 # The same loop in fewer words, for small students (env `compact_prompts: true`): every row carries it.
 COMPACT_SYSTEM_PROMPT = """Answer the question about a long input you cannot see. Use the tools: index, search, read a
@@ -37,3 +45,10 @@ def tool_stub(msg_id: int, tool: str, call_id: int, extra: str = "") -> str:
 def assistant_stub(msg_id: int, tool_names: list[str]) -> str:
     called = ", ".join(tool_names) if tool_names else "no tool"
     return f"[msg {msg_id} deleted | called {called}]"
+
+
+def range_stub(msg_ids: str, tool_counts: dict[str, int], chunks_read: str, progress: str) -> str:
+    """One stub for a run of adjacent stubs: which ids, which tools (how often), reading progress."""
+    tools = ", ".join(f"{name} x{n}" for name, n in tool_counts.items()) or "no tool"
+    reading = f" | read chunks {chunks_read}, {progress}" if chunks_read else ""
+    return f"[msgs {msg_ids} deleted | tools: {tools}{reading}]"

@@ -147,8 +147,8 @@ class SubModelRunner:
                 started = time.monotonic()
                 try:
                     messages = [{"role": "user", "content": prompt}]
-                    text = await asyncio.wait_for(self.policy.act(messages, [], seed=seed + index), timeout)
-                    text = getattr(text, "text", text)  # a policy may return an Action
+                    reply = await asyncio.wait_for(self.policy.act(messages, [], seed=seed + index), timeout)
+                    text = getattr(reply, "text", reply)  # a policy may answer with an Action (policies/base.py)
                     return SubCallResult(str(text), None, time.monotonic() - started)
                 except Exception as exc:  # a failed call is a reply the model sees, never a crash
                     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -22,10 +22,15 @@ Message = dict[str, Any]
 
 @dataclass
 class Action:
-    """One assistant turn as a policy produced it."""
+    """A policy's turn when plain text is not enough: the raw text plus what the episode should record.
+
+    `finish_reason` is the server's (`stop`, `tool_calls`, `length`, ...): `length` means the text was
+    cut at the output cap, which the rollout records on the turn as a `truncated` error.
+    """
 
     text: str
-    trained: bool = True  # False: the turn stays in the episode as context but is never trained
+    trained: bool = True
+    finish_reason: str | None = None
 
 
 def as_action(result: str | Action) -> Action:

@@ -4,9 +4,12 @@ Our messages hold the assistant's raw text; the API wants content plus structure
 tool results that answer them by id. `to_openai_messages` converts one way, `response_to_text` the
 other, so the environment only ever sees raw Qwen3/Hermes text.
 
-Failures of the *server* (connection refused, timeout, 429, 5xx) are retried with exponential
-backoff and jitter, then raised as `OpenAIPolicyError`. A bad *model output* is never an error here:
-it is returned as text and the environment turns it into a format error the model sees.
+Failures of the *server* (connection refused, timeout, 408/409/429, 5xx) are retried by the OpenAI SDK
+itself (`max_retries`: exponential backoff with jitter, honouring Retry-After), the same mechanism the
+judge uses; what is left after the retries is raised as `OpenAIPolicyError`. A bad *model output* is
+never an error here: it is returned as text and the environment turns it into a format error the
+model sees. The reply's `finish_reason` comes back with the text (`Action`): `length` marks a turn
+cut at `max_tokens`, which the episode records as `truncated`.
 """
 
 from __future__ import annotations
@@ -14,17 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import re
 from typing import Any
 
 import openai
 
 from pipeline.env.parsing import format_assistant_text, parse_tool_calls
-from pipeline.policies.base import Message
+from pipeline.policies.base import Action, Message
 
 _TOOL_CALL_BLOCK = re.compile(r"\s*<tool_call>.*?</tool_call>", re.DOTALL)
-_RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
 
 class OpenAIPolicyError(RuntimeError):
@@ -50,8 +51,6 @@ class OpenAIPolicy:
         max_tokens: int = 2048,
         timeout: float = 300.0,
         max_retries: int = 5,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
@@ -67,10 +66,7 @@ class OpenAIPolicy:
         self.max_tokens = max_tokens
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
         self.extra_body = dict(extra_body or {})
-        self._jitter = random.Random()  # own stream: retries must not shift seeded randomness elsewhere
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -79,13 +75,13 @@ class OpenAIPolicy:
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=0
+                base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
             )
             self._client_loop = loop
         return self._client
 
-    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str:
-        """Send the context and tools, return the reply as raw assistant text."""
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> Action:
+        """Send the context and tools; the reply as raw assistant text, with the server's finish_reason."""
         request: dict[str, Any] = {
             "model": self.model,
             "messages": to_openai_messages(messages),
@@ -102,42 +98,35 @@ class OpenAIPolicy:
             extra_body["top_k"] = self.top_k
         if extra_body:
             request["extra_body"] = extra_body
-        response = await self._create_with_retries(request)
+        response = await self._create(request)
         if not response.choices:
             raise OpenAIPolicyError(f"{self.base_url}: no choices in the answer for model {self.model!r}")
-        return response_to_text(response.choices[0].message)
+        choice = response.choices[0]
+        return Action(response_to_text(choice.message), finish_reason=choice.finish_reason)
 
-    async def _create_with_retries(self, request: dict[str, Any]) -> Any:
-        client = self._get_client()
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            retry_after = None
-            try:
-                return await client.chat.completions.create(**request, timeout=self.timeout)
-            except openai.APIStatusError as exc:
-                problem = f"HTTP {exc.status_code}: {_clip(_error_body(exc))}"
-                if exc.status_code not in _RETRY_STATUS and exc.status_code < 500:
-                    raise OpenAIPolicyError(
-                        f"{self.base_url} rejected the request for model {self.model!r} ({problem})"
-                    ) from exc
-                retry_after, error = _retry_after(exc), exc
-            except openai.APITimeoutError as exc:  # before APIConnectionError, its base class
-                problem, error = f"no answer within the {self.timeout:g}s timeout", exc
-            except openai.APIConnectionError as exc:
-                problem, error = f"connection failed ({_clip(str(exc.__cause__ or exc))})", exc
-            if attempt + 1 < attempts:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        raise OpenAIPolicyError(
-            f"{self.base_url}: request for model {self.model!r} failed after {attempts} attempt(s); "
-            f"last error: {problem}"
-        ) from error
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter (50-100% of the step), or the server's Retry-After when it gives one."""
-        if retry_after is not None:
-            return min(retry_after, self.backoff_max)
-        delay = min(self.backoff_max, self.backoff_base * 2**attempt)
-        return delay * (0.5 + self._jitter.random() / 2)
+    async def _create(self, request: dict[str, Any]) -> Any:
+        """One completion; the SDK retries what is worth retrying, the rest becomes one clear error."""
+        attempts = f"{self.max_retries + 1} attempt(s)"
+        try:
+            return await self._get_client().chat.completions.create(**request)
+        except openai.APIStatusError as exc:
+            problem = f"HTTP {exc.status_code}: {_clip(_error_body(exc))}"
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            raise OpenAIPolicyError(
+                f"{self.base_url}: request for model {self.model!r} failed after {attempts}; last error: {problem}"
+                if retried
+                else f"{self.base_url} rejected the request for model {self.model!r} ({problem})"
+            ) from exc
+        except openai.APITimeoutError as exc:  # before APIConnectionError, its base class
+            raise OpenAIPolicyError(
+                f"{self.base_url}: request for model {self.model!r} failed after {attempts}; "
+                f"last error: no answer within the {self.timeout:g}s timeout"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise OpenAIPolicyError(
+                f"{self.base_url}: request for model {self.model!r} failed after {attempts}; "
+                f"last error: connection failed ({_clip(str(exc.__cause__ or exc))}); is the server up?"
+            ) from exc
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -230,14 +219,6 @@ def response_to_text(message: Any) -> str:
 def _error_body(exc: openai.APIStatusError) -> str:
     body = exc.body if exc.body is not None else getattr(exc.response, "text", "")
     return body if isinstance(body, str) else json.dumps(body)
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after") if exc.response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _clip(text: str, limit: int = 300) -> str:

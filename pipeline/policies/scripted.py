@@ -38,6 +38,7 @@ _ROUNDS_LEFT = re.compile(r"(\d+) left of")
 _INPUT_CHARS = re.compile(r"a text of (\d+) characters")
 _PROGRESS = re.compile(r"progress (\d+)/(\d+)")
 _SEARCHED = re.compile(r"^(?:No chunk matches (.+)\.|\d+ results for (.+), best first:)$")
+_RANGE_TOOLS = re.compile(r"^\[msgs [\d, -]+ deleted \| tools: ([^|\]]*)")  # env.compact_stubs
 
 
 @dataclass
@@ -136,6 +137,7 @@ class ScriptedExpert:
         notes = {k: v for k, v in _NOTE_LINE.findall(task)}
         tool_msgs = [t for m in messages if m["role"] == "tool" and (t := _tool_message(m["content"]))]
         seen = {t.tool for t in tool_msgs}
+        seen |= {n for m in messages if (r := _RANGE_TOOLS.match(m["content"])) for n in re.findall(r"(\w+) x", r[1])}
         last = _last_turn_results(messages)
         if "analyzeText" not in seen:
             return ToolCall("analyzeText", {}), True

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pipeline.tasks.schema import Task
 from pipeline.tasks.words import INVENTORY_ITEMS, PERSON_NAMES
@@ -64,7 +65,7 @@ def generate_aggregation(
         else [round(x) for x in np.geomspace(min_tokens, max_tokens, n)]
     )
     tasks = []
-    for i, target in enumerate(lengths):
+    for i, target in enumerate(tqdm(lengths, desc=prefix, unit="task", disable=None)):  # (off without a terminal)
         people = [str(p) for p in rng.choice(PERSON_NAMES, size=8, replace=False)]
         items = [str(p) for p in rng.choice(INVENTORY_ITEMS, size=10, replace=False)]
         orders = _orders(rng, max(8, int(target / per_line)), people, items)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.inventory import generate_inventory
+from pipeline.tasks.paraphrase import generate_paraphrase_niah
 from pipeline.tasks.phrasing import (
     FAMILIES,
     HOP1,
@@ -166,7 +168,7 @@ def generate_niah(
         raise ValueError(f"n_distractors={n_distractors} must be >= 0")
     tpw = tokens_per_word(tokenizer, seed)
     tasks = []
-    for i, target in enumerate(_lengths(rng, n, min_tokens, max_tokens)):
+    for i, target in enumerate(tqdm(_lengths(rng, n, min_tokens, max_tokens), desc=prefix, unit="task", disable=None)):
         shape = shapes[0] if len(shapes) == 1 else str(rng.choice(shapes))
         value_shape = values_from[0] if len(values_from) == 1 else str(rng.choice(values_from))
         keys = _distinct_keys(rng, n_needles, KEY_SHAPES[shape], [])
@@ -240,7 +242,7 @@ def generate_multihop(
     classic = templates == "classic"
     tpw = tokens_per_word(tokenizer, seed)
     tasks = []
-    for i, target in enumerate(_lengths(rng, n, min_tokens, max_tokens)):
+    for i, target in enumerate(tqdm(_lengths(rng, n, min_tokens, max_tokens), desc=prefix, unit="task", disable=None)):
         person, codeword, value = str(rng.choice(PERSON_NAMES)), _needle_key(rng), _number(rng)
         ids = [0 if classic else int(rng.integers(0, len(t[templates]))) for t in (HOP1, HOP2, HOP_QUESTIONS)]
         needles = [
@@ -275,4 +277,5 @@ GENERATORS = {
     "multihop": generate_multihop,
     "inventory": generate_inventory,
     "aggregation": generate_aggregation,
+    "paraphrase_niah": generate_paraphrase_niah,
 }

@@ -25,7 +25,7 @@ import pytest
 
 from pipeline.env.parsing import parse_tool_calls
 from pipeline.env.tools import tool_schemas
-from pipeline.policies.base import Policy
+from pipeline.policies.base import Action, Policy
 from pipeline.policies.openai_client import (
     OpenAIPolicy,
     OpenAIPolicyError,
@@ -110,7 +110,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 @pytest.mark.slow
 def test_round_trip_with_tools_against_transformers_serve(serve_url: str, tiny_model_dir: Path) -> None:
-    async def run() -> tuple[str, str, str]:
+    async def run() -> tuple[Action, Action, Action]:
         policy = OpenAIPolicy(serve_url, str(tiny_model_dir), temperature=1.0, max_tokens=24, timeout=60)
         try:
             first = await policy.act(CONTEXT, tool_schemas(), seed=7)
@@ -125,18 +125,19 @@ def test_round_trip_with_tools_against_transformers_serve(serve_url: str, tiny_m
             await policy.aclose()
 
     first, again, short = asyncio.run(run())
-    assert isinstance(first, str) and isinstance(short, str)
-    assert first == again  # transformers serve seeds torch with the request's seed
-    parse_tool_calls(first)  # whatever the random model wrote, the environment can parse it
+    assert isinstance(first, Action) and isinstance(short.text, str)
+    assert first.text == again.text  # transformers serve seeds torch with the request's seed
+    assert short.finish_reason == "length"  # 8 tokens of a random model: cut at max_tokens
+    parse_tool_calls(first.text)  # whatever the random model wrote, the environment can parse it
 
 
 @pytest.mark.slow
 def test_server_rejection_is_a_clear_error_without_retries(serve_url: str) -> None:
-    policy = OpenAIPolicy(serve_url, "not-the-served-model", max_retries=3, backoff_base=5.0, timeout=30)
+    policy = OpenAIPolicy(serve_url, "not-the-served-model", max_retries=3, timeout=30)
     started = time.monotonic()
     with pytest.raises(OpenAIPolicyError, match=r"rejected the request.*HTTP 400.*pinned"):
         asyncio.run(policy.act(CONTEXT, tool_schemas()))
-    assert time.monotonic() - started < 5.0  # no backoff sleeps: a 400 is not retried
+    assert time.monotonic() - started < 5.0  # no retries: the SDK does not retry a 400
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,9 +211,11 @@ TOOL_REPLY = _completion(
 def test_retries_a_503_then_returns_the_structured_call_as_raw_text() -> None:
     script = [(503, {"error": "loading"}, 0.0), (200, TOOL_REPLY, 0.0)]
     with ScriptedServer(script) as server:
-        policy = OpenAIPolicy(server.url, "scripted", max_retries=2, backoff_base=0.05, top_k=20)
-        text = asyncio.run(policy.act(CONTEXT, tool_schemas(), seed=3))
-    assert len(server.requests) == 2
+        policy = OpenAIPolicy(server.url, "scripted", max_retries=2, top_k=20)
+        action = asyncio.run(policy.act(CONTEXT, tool_schemas(), seed=3))
+    assert len(server.requests) == 2  # the SDK's own retry
+    assert action.finish_reason == "tool_calls"
+    text = action.text
     assert text == (
         '<think>\nThe note has it.\n</think>\n\n<tool_call>\n{"name": "finish", "arguments": {"answer": "4711"}}'
         "\n</tool_call>"
@@ -235,8 +238,8 @@ def test_retries_until_a_server_starts_listening() -> None:
     starter = threading.Timer(0.5, start)
     starter.start()
     try:
-        policy = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "scripted", max_retries=8, backoff_base=0.1)
-        assert asyncio.run(policy.act(CONTEXT, tool_schemas())) == "hello"
+        policy = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "scripted", max_retries=8)
+        assert asyncio.run(policy.act(CONTEXT, tool_schemas())).text == "hello"
     finally:
         starter.join()
         for server in started:
@@ -246,7 +249,7 @@ def test_retries_until_a_server_starts_listening() -> None:
 
 def test_timeouts_raise_a_clear_error_after_the_retries() -> None:
     with ScriptedServer([(200, _completion({"content": "too late"}), 1.5)]) as server:
-        policy = OpenAIPolicy(server.url, "scripted", timeout=0.3, max_retries=2, backoff_base=0.01)
+        policy = OpenAIPolicy(server.url, "scripted", timeout=0.3, max_retries=2)
         with pytest.raises(OpenAIPolicyError, match=r"failed after 3 attempt\(s\).*0.3s timeout"):
             asyncio.run(policy.act(CONTEXT, tool_schemas()))
         assert len(server.requests) == 3
@@ -254,10 +257,18 @@ def test_timeouts_raise_a_clear_error_after_the_retries() -> None:
 
 def test_non_retryable_status_is_not_retried() -> None:
     with ScriptedServer([(401, {"error": {"message": "bad key"}}, 0.0)]) as server:
-        policy = OpenAIPolicy(server.url, "scripted", max_retries=4, backoff_base=5.0)
+        policy = OpenAIPolicy(server.url, "scripted", max_retries=4)
         with pytest.raises(OpenAIPolicyError, match=r"HTTP 401.*bad key"):
             asyncio.run(policy.act(CONTEXT, tool_schemas()))
     assert len(server.requests) == 1
+
+
+def test_a_reply_cut_at_max_tokens_comes_back_with_finish_reason_length() -> None:
+    cut = _completion({"content": "<think>\nFirst I will search for the"}, finish_reason="length")
+    with ScriptedServer([(200, cut, 0.0)]) as server:
+        action = asyncio.run(OpenAIPolicy(server.url, "scripted", max_tokens=12).act(CONTEXT, tool_schemas()))
+    assert action == Action("<think>\nFirst I will search for the", finish_reason="length")
+    assert server.requests[0]["max_completion_tokens"] == 12
 
 
 def test_bad_model_output_is_returned_as_text() -> None:
@@ -268,7 +279,7 @@ def test_bad_model_output_is_returned_as_text() -> None:
         }
     )
     with ScriptedServer([(200, broken, 0.0)]) as server:
-        text = asyncio.run(OpenAIPolicy(server.url, "scripted").act(CONTEXT, tool_schemas()))
+        text = asyncio.run(OpenAIPolicy(server.url, "scripted").act(CONTEXT, tool_schemas())).text
     assert text == 'I will search.\n<tool_call>\n{"name": "searchEngine", "arguments": {oops}\n</tool_call>'
     assert parse_tool_calls(text).errors  # the environment reports it; the policy does not raise
 
