@@ -108,9 +108,7 @@ class PensieveEnv:
         self.done = False
         self.end_state: str | None = None
         self.answer: str | None = None
-        system = prompts.COMPACT_SYSTEM_PROMPT if self.config.compact_prompts else prompts.SYSTEM_PROMPT
-        self._add(MessageRecord(role="system", content=system, msg_id=0))
-        self._add(MessageRecord(role="system", content=prompts.system_prompt(self.config.compact_stubs), msg_id=0))
+        self._add(MessageRecord(role="system", content=prompts.system_prompt(self.config), msg_id=0))
         self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
         self.context_tokens = self.count_tokens()
         self._check_budgets()

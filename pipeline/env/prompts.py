@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 SYSTEM_PROMPT = """You answer a question about a long input that is NOT in your context. Work only through tools:
 measure the input (analyzeText), index it (buildIndex), search it (searchEngine), read chunks (readChunk),
 keep the facts you need in the notebook (note, updateNote, readNote), and free context by deleting
@@ -12,9 +14,11 @@ COMPACT_STUBS_NOTE = """Adjacent stubs merge into one range stub ("[msgs 12-30 d
 read chunks 0-8, progress 9/40]"); the ids inside a range are already deleted."""
 
 
-def system_prompt(compact_stubs: bool = False) -> str:
-    """The system prompt; with stub compaction on, it also says what a range stub is."""
-    return SYSTEM_PROMPT + ("\n" + COMPACT_STUBS_NOTE if compact_stubs else "")
+def system_prompt(config: Any) -> str:
+    """The system prompt of an EnvConfig: short for `compact_prompts`; with `compact_stubs` it also says what a
+    range stub is."""
+    prompt = COMPACT_SYSTEM_PROMPT if config.compact_prompts else SYSTEM_PROMPT
+    return prompt + ("\n" + COMPACT_STUBS_NOTE if config.compact_stubs else "")
 
 
 # The same loop in fewer words, for small students (env `compact_prompts: true`): every row carries it.

@@ -102,16 +102,3 @@ def test_reciprocal_rank_fusion_rewards_agreement():
     fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=60)
     assert [c for c, _ in fused] == [1, 3, 2, 4]
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
-
-
-def test_the_scripted_expert_solves_a_paraphrase_task_with_dense_search(tokenizer, tmp_path):
-    from pipeline.env.pensieve import EnvConfig, PensieveEnv
-    from pipeline.policies.scripted import ScriptedExpert
-    from pipeline.tasks.paraphrase import generate_paraphrase_niah
-
-    task = generate_paraphrase_niah(1, 2500, 2500, seed=0, tokenizer=tokenizer)[0]
-    config = EnvConfig(search_mode="dense", embedding_cache_dir=str(tmp_path))
-    env, expert = PensieveEnv(task.question, task.load_input(), tokenizer, config), ScriptedExpert(128, overlap=0)
-    while not env.done:
-        env.step(expert.decide(env.messages()))
-    assert env.end_state == "finished" and env.answer == task.answer
