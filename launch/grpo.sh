@@ -27,10 +27,12 @@ recipe_file=recipes/$model/$recipe.yaml
 [[ -f $recipe_file ]] || { echo "no recipe $recipe_file" >&2; exit 2; }
 python=python
 if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; fi
-read -r use_vllm served_model < <("$python" -c '
+# The server's window is the recipe's context budget (prompt + output, environment.max_context_tokens)
+read -r use_vllm served_model max_model_len < <("$python" -c '
 import sys, yaml
 r = yaml.safe_load(open(sys.argv[1]))
-print(str(bool(r.get("use_vllm"))).lower(), r["model_name_or_path"])' "$recipe_file")
+budget = (r.get("environment") or {}).get("max_context_tokens", 32000)
+print(str(bool(r.get("use_vllm"))).lower(), r["model_name_or_path"], budget)' "$recipe_file")
 
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
@@ -52,7 +54,7 @@ if (( gpus > 0 )) && [[ $use_vllm == true ]]; then
     echo "grpo: serving $served_model on GPUs $serve_ids (tp $tp) at :$port, log $log" >&2
     CUDA_VISIBLE_DEVICES=$serve_ids "$(bin trl)" vllm-serve --model "$served_model" \
         --tensor_parallel_size "$tp" --data_parallel_size $((vllm_gpus / tp)) --port "$port" \
-        --max_model_len 32768 --enable_prefix_caching true >"$log" 2>&1 &
+        --max_model_len "$max_model_len" --enable_prefix_caching true >"$log" 2>&1 &
     server_pid=$!
     trap 'kill "$server_pid" 2>/dev/null || true' EXIT
     export CUDA_VISIBLE_DEVICES=$train_ids

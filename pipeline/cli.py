@@ -10,6 +10,7 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -37,7 +38,8 @@ def _fail(ctx: click.Context, shown: BaseException, raised: BaseException) -> No
     if ctx.meta.get("statelm.debug") or debug_requested():
         raise raised
     Console(stderr=True, soft_wrap=True, highlight=False).print(
-        f"[bold red]error:[/bold red] {explain(shown)}\n[dim](--debug or {DEBUG_ENV}=1 shows the traceback)[/dim]",
+        f"[bold red]error:[/bold red] {escape(explain(shown))}\n"
+        f"[dim](--debug or {DEBUG_ENV}=1 shows the traceback)[/dim]",
         markup=True,
     )
     raise typer.Exit(getattr(shown, "exit_code", 1)) from None

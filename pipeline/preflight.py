@@ -96,6 +96,23 @@ def check_task_files(sources: list[Any], field: str = "tasks") -> None:
             raise PreflightError(f"{field}.{index}.file: task file not found: {path}")
 
 
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+"""`report_to` value -> the module the Trainer's callback imports (each an extra of the same name)."""
+
+
+def check_trackers(report_to: list[str] | str | None, field: str) -> None:
+    """Every tracker `report_to` names is installed, so the run does not stop when the trainer is built."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        module = TRACKERS.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            raise PreflightError(
+                f"{field}: {name} needs the {module} package: pip install 'statelm[{name}]' (or report_to: none)"
+            )
+
+
 def check_hub_push(repo_id: str | None, field: str) -> None:
     """Before the work whose result is pushed: a token exists and the Hub answers to it."""
     if not repo_id:

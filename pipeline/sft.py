@@ -31,7 +31,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, 
 
 from pipeline.errors import PreflightError
 from pipeline.freezing import freeze_all_but_top_layers
-from pipeline.preflight import check_hub_push, check_model_path
+from pipeline.preflight import check_hub_push, check_model_path, check_trackers
 from pipeline.sft_data import describe, load_sft_dataset
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def preflight(recipe: str | None, model: str | None, training_args: Any) -> None
     if not model:
         raise PreflightError(f"{where}model_name_or_path is not set (the recipe's key, or --model)")
     check_model_path(model, f"{where}model_name_or_path")
+    check_trackers(training_args.report_to, f"{where}report_to")
     if training_args.push_to_hub:
         check_hub_push(training_args.hub_model_id or model_name(training_args), f"{where}push_to_hub")
 

@@ -252,3 +252,13 @@ def test_debug_shows_the_real_exception(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("STATELM_DEBUG", "1")
     result = invoke("collect", "--recipe", missing)
     assert isinstance(result.exception, FileNotFoundError)
+
+
+def test_report_to_a_missing_tracker_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    result = invoke("sft", "--recipe", str(ROOT / "recipes/tiny/sft.yaml"), "--model", str(ROOT / "pipeline"),
+                    "--report_to", "tensorboard")  # fmt: skip
+    assert_short_error(result, "sft.yaml: report_to: tensorboard", "statelm[tensorboard]")
