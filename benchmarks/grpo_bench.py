@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from clock import StepClock  # benchmarks/clock.py (scripts run from this folder)
 from datasets import Dataset
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
@@ -28,19 +28,6 @@ from pipeline.tasks.generators import generate_niah
 from pipeline.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class StepClock(TrainerCallback):
-    """Wall time of every optimizer step (generation, forward/backward of every micro-step, optimizer)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.started)
 
 
 def ours(model: str, out: Path, args: argparse.Namespace, clock: StepClock):

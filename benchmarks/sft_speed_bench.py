@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+from clock import StepClock  # benchmarks/clock.py (scripts run from this folder)
+from transformers import AutoTokenizer, PrinterCallback
 
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.policies.scripted import ScriptedExpert
@@ -32,17 +32,6 @@ from pipeline.segments import segment_trajectory
 from pipeline.tasks.generators import generate_niah
 
 SFT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml"
-
-
-class StepClock(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.started)
 
 
 def demo_rows(model: str, compact: bool, n_tasks: int) -> list[dict[str, Any]]:

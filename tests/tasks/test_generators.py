@@ -4,7 +4,6 @@ template disjointness, distractor needles, the classic family unchanged, seeds a
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -128,8 +127,7 @@ def test_bad_options_name_the_option():
         generate_niah(1, n_distractors=-1)
 
 
-def test_two_million_tokens_with_varied_phrasing_and_distractors_in_about_a_second():
-    started = time.perf_counter()
+def test_two_million_tokens_with_varied_phrasing_and_distractors():
+    """(How fast: benchmarks/env_bench.py.)"""
     task = generate_niah(1, 2_000_000, 2_000_000, n_needles=2, seed=0, templates="train", n_distractors=3)[0]
-    assert time.perf_counter() - started < 3.0
     assert len(task.documents[0].split()) > 1_400_000
