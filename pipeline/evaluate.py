@@ -219,31 +219,13 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
         samples = systems[name].samples
         played_episodes = episodes if samples is None else plan_episodes(tasks, samples, recipe.seed)
         try:
-            run = asyncio.run(
-                collect(
-                    played_episodes,
-                    policy,
-                    tokenizer,
-                    recipe.env,
-                    path,
-                    grader,
-                    recipe.concurrency,
-                    recipe.rewards,
-                    progress,
-                )
-            )
+            run = asyncio.run(collect(played_episodes, policy, tokenizer, recipe.env, path, grader,
+                                      recipe.concurrency, recipe.rewards, progress))  # fmt: skip
             trajectories = list(iter_trajectories(path))
             played[name] = {**episode_report(trajectories), "failed": run["failed"]}
             if name == "scripted_expert":
                 expert_episodes = trajectories
-            elif (
-                recipe.imitation
-                and expert_episodes
-                and isinstance(policy, HFPolicy)
-                and policy.temperature == 0
-                and recipe.env.kind != "rlm"
-            ):
-                # (the RLM expert writes code, not tool calls)
+            elif _scores_imitation(recipe, policy, expert_episodes):
                 played[name]["imitation"] = imitation_figures(
                     policy.model, tokenizer, expert_episodes[: recipe.imitation_episodes], policy.chat_template_kwargs
                 )
@@ -283,6 +265,18 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown_summary(report))
     return report
+
+
+def _scores_imitation(recipe: EvalRecipe, policy: Any, expert_episodes: list[Trajectory]) -> bool:
+    """Imitation needs logits (a local HF model), the expert's tool-call episodes (not RLM's code) and greedy
+    play: a sampled system of the same model would repeat the greedy system's figures."""
+    return (
+        recipe.imitation
+        and bool(expert_episodes)
+        and isinstance(policy, HFPolicy)
+        and policy.temperature == 0
+        and recipe.env.kind != "rlm"
+    )
 
 
 def _sawtooth_picks(trajectories: list[Trajectory], n: int) -> list[Trajectory]:
