@@ -175,9 +175,64 @@ def test_ruler_multivalue_is_a_set_task():
     assert task.question.startswith("What are all the special magic numbers for brave-otter")
 
 
-def test_ruler_prompt_without_niah_instruction_is_an_error():
-    with pytest.raises(LoaderError, match=r"f\.jsonl:7: field 'input' has no RULER NIAH instruction"):
+# RULER prompts as different versions and harnesses render them (the noise haystack and needles of niah.py)
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "One of the special magic numbers for wise-heron is: 4417902."
+HAYSTACK = f"{NOISE}\n{NOISE}\n{NEEDLE}\n{NOISE}"
+ASK = "What is the special magic number for wise-heron mentioned in the provided text?"
+INSTRUCTION = "A special magic number is hidden within the following text. Make sure to memorize it."
+RULER_VARIANTS = {
+    # RULER v0: the answer prefix is part of "input"
+    "v0 answer prefix inline": f"{INSTRUCTION} I will quiz you about the number afterwards.\n{HAYSTACK}\n{ASK}"
+    " The special magic number for wise-heron mentioned in the provided text is",
+    "no quiz sentence": f"{INSTRUCTION}\n{HAYSTACK}\n{ASK}",
+    "no instruction": f"{HAYSTACK}\n{ASK}",
+    "question first": f"{ASK}\n{INSTRUCTION}\n{HAYSTACK}\nAnswer:",
+    "question before and after": f"{INSTRUCTION}\n{ASK}\n\n{HAYSTACK}\n\n{ASK}",
+    "other lead-in, llama-3 template": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    "Read the long text below carefully; special magic numbers are hidden in it.\n"
+    f"{HAYSTACK}\nWhich special magic number is given for wise-heron?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "[INST] template, essay on one line": f"[INST] {INSTRUCTION}\n{NOISE} {NEEDLE} {NOISE}\n{ASK} [/INST]",
+}
+
+
+@pytest.mark.parametrize("variant", RULER_VARIANTS)
+def test_ruler_finds_haystack_and_question_in_prompt_variants(tmp_path, variant):
+    line = {"index": 0, "input": RULER_VARIANTS[variant], "outputs": ["4417902"], "length": 90}
+    (path := tmp_path / "niah_single_2" / "validation.jsonl").parent.mkdir()
+    path.write_text(json.dumps(line) + "\n")
+    (task,) = load_ruler(path)
+    haystack = task.load_input()
+    assert task.answer == "4417902" and "wise-heron" in task.question and task.question.endswith("?")
+    assert haystack.startswith(NOISE) and haystack.endswith(NOISE) and NEEDLE in haystack
+    for leftover in ("hidden", "memorize", "quiz", "?", "<|", "INST", "Answer", "mentioned in the provided text is"):
+        assert leftover not in haystack
+
+
+def test_ruler_answer_prefix_field_is_cut_from_a_question_first_prompt():
+    prefix = " The special magic number for wise-heron is:"
+    haystack, question = split_prompt(f"{ASK}\n{HAYSTACK}\n{prefix}", "f.jsonl:1", ["4417902"], prefix)
+    assert haystack == HAYSTACK and question == ASK
+
+
+def test_ruler_prompt_without_question_is_an_error():
+    with pytest.raises(LoaderError, match=r"f\.jsonl:7: field 'input' has no RULER NIAH question"):
         split_prompt("Summarise this text please.", "f.jsonl:7")
+    with pytest.raises(LoaderError, match=r"f\.jsonl:8: field 'input' has no RULER NIAH question"):
+        split_prompt(f"{INSTRUCTION}\n{HAYSTACK}\nWhat did you read", "f.jsonl:8", ["4417902"])
+
+
+def test_ruler_haystack_without_the_needles_is_an_error_naming_file_and_line(tmp_path):
+    lines = [
+        {"index": 0, "input": f"{INSTRUCTION}\n{HAYSTACK}\n{ASK}", "outputs": ["4417902"]},
+        {"index": 1, "input": f"{INSTRUCTION}\n{NOISE}\n{ASK}", "outputs": ["4417902"]},
+    ]
+    path = tmp_path / "validation.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(LoaderError, match=r"validation\.jsonl:2: field 'input' has no haystack holding .*4417902"):
+        load_ruler(path)
+    assert [t.id for t in load_ruler(path, name="x", skip_invalid=True)] == ["ruler/x/0"]
 
 
 # ---------------------------------------------------------------- convert
