@@ -70,7 +70,8 @@ def _message(exc: BaseException) -> str:
         return f"file not found: {exc.filename}" if exc.filename and str(exc.filename) not in str(exc) else str(exc)
     if isinstance(exc, (ValueError, KeyError, OSError, RuntimeError, TypeError)) and str(exc):
         kind = "" if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: "
-        return kind + str(exc).strip("'\"")
+        # str(KeyError) quotes its key; every other message is shown as written (it may end in a quote)
+        return kind + (str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     return f"internal error {type(exc).__name__}: {exc} (please report it with the --debug traceback)"
 
 

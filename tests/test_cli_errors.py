@@ -91,6 +91,14 @@ def test_sft_recipe_errors_name_the_recipe_and_key(tmp_path: Path) -> None:
     assert_short_error(flag, "--max_stepz", "--max_steps?")
 
 
+def test_grpo_recipe_errors_name_the_recipe_and_key(tmp_path: Path) -> None:
+    base = yaml.safe_load((ROOT / "recipes/tiny/grpo.yaml").read_text())
+    typo = write_yaml(tmp_path / "typo.yaml", {**base, "num_episodes_per_tsk": 4})
+    assert_short_error(invoke("grpo", "--recipe", str(typo)), "typo.yaml", "num_episodes_per_tsk")
+    wrong = write_yaml(tmp_path / "wrong.yaml", {**base, "beta": "a little"})
+    assert_short_error(invoke("grpo", "--recipe", str(wrong)), "wrong.yaml: beta", "invalid float value")
+
+
 def test_grpo_bad_task_generator_names_recipe_entry_and_field(tiny_model_dir: Path, tmp_path: Path) -> None:
     base = yaml.safe_load((ROOT / "recipes/tiny/grpo.yaml").read_text())
     recipe = write_yaml(
@@ -144,6 +152,46 @@ def test_curate_push_without_a_token_fails_first_and_keeps_the_old_dataset(tmp_p
     assert_short_error(result, "hub_id", "me/data", "token")
     assert (old / "keep.txt").read_text() == "an earlier dataset"
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def _no_network(*args: Any, **kwargs: Any) -> None:
+    import requests
+
+    raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+
+
+def test_sft_push_to_hub_without_network_fails_before_training(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_not_checked_offline")
+    monkeypatch.setattr("huggingface_hub.HfApi.whoami", _no_network)
+    earlier = tmp_path / "sft" / "checkpoint-2"
+    earlier.mkdir(parents=True)
+    (earlier / "trainer_state.json").write_text("{}")
+    sft = ("sft", "--recipe", str(ROOT / "recipes/tiny/sft.yaml"), "--model", str(tiny_model_dir))
+    result = invoke(*sft, "--output-dir", str(tmp_path / "sft"), "--push_to_hub", "--hub_model_id", "me/statelm-sft")
+    assert_short_error(result, "sft.yaml: push_to_hub", "me/statelm-sft", "cannot be reached", "ConnectionError")
+    assert sorted(p.name for p in (tmp_path / "sft").iterdir()) == ["checkpoint-2"]  # nothing trained or removed
+    assert (earlier / "trainer_state.json").read_text() == "{}"
+
+
+def test_curate_push_that_fails_keeps_the_dataset_and_report(
+    collect_recipe: dict, tiny_model_dir, tmp_path, monkeypatch
+):
+    assert (
+        invoke("collect", "--recipe", str(write_yaml(tmp_path / "r.yaml", collect_recipe)), "--no-progress").exit_code
+        == 0
+    )
+    monkeypatch.setattr("pipeline.curate.check_hub_push", lambda *a: None)  # the token check passed; the push fails
+    monkeypatch.setattr("datasets.Dataset.push_to_hub", _no_network)
+    recipe = write_yaml(
+        tmp_path / "c.yaml",
+        {"inputs": [str(tmp_path / "out" / "trajectories.jsonl")], "output_dir": str(tmp_path / "cur"),
+         "tokenizer": str(tiny_model_dir)},
+    )  # fmt: skip
+    result = invoke("curate", "--recipe", str(recipe), "--hub-id", "me/data", "--no-progress")
+    assert_short_error(result, "cannot reach the network service", "Connection refused")
+    assert json.loads((tmp_path / "cur" / "report.json").read_text())["hub_id"] == "me/data"
+    assert (tmp_path / "cur" / "dataset" / "dataset_info.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------
