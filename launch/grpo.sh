@@ -37,6 +37,13 @@ print(str(bool(r.get("use_vllm"))).lower(), r["model_name_or_path"], budget)' "$
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
 [[ -n $accel ]] || { if (( gpus == 0 )); then accel=cpu_zero2; else accel=zero3; fi; }
+# A bf16 recipe (every GPU recipe) cannot train here without a GPU: say so now, in one line, rather than
+# after every process has loaded TRL (unless the flags after -- set bf16 or use_cpu themselves).
+if (( gpus == 0 )) && grep -Eq '^bf16: *true' "$recipe_file" && ! grep -Eq '^use_cpu: *true' "$recipe_file" \
+    && [[ " $* " != *" --bf16"* && " $* " != *" --use_cpu"* ]]; then
+    echo "grpo: $recipe_file trains in bf16 on GPUs and no GPU is visible (nvidia-smi); on a CPU: launch/grpo.sh tiny" >&2
+    exit 1
+fi
 accel_file=recipes/accelerate/$accel.yaml
 [[ -f $accel_file ]] || { echo "no accelerate config $accel_file" >&2; exit 2; }
 

@@ -31,6 +31,13 @@ if [[ -z $accel ]]; then
     elif [[ $recipe == *lora* && $model != intellect-3 ]]; then accel=zero2
     else accel=zero3; fi
 fi
+# A bf16 recipe (every GPU recipe) cannot train here without a GPU: say so now, in one line, rather than
+# after every process has loaded TRL (unless the flags after -- set bf16 or use_cpu themselves).
+if (( gpus == 0 )) && grep -Eq '^bf16: *true' "$recipe_file" && ! grep -Eq '^use_cpu: *true' "$recipe_file" \
+    && [[ " $* " != *" --bf16"* && " $* " != *" --use_cpu"* ]]; then
+    echo "sft: $recipe_file trains in bf16 on GPUs and no GPU is visible (nvidia-smi); on a CPU: launch/sft.sh tiny sft cpu_zero2 -- --max_steps 4" >&2
+    exit 1
+fi
 accel_file=recipes/accelerate/$accel.yaml
 [[ -f $accel_file ]] || { echo "no accelerate config $accel_file" >&2; exit 2; }
 

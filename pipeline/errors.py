@@ -9,6 +9,8 @@ wrong and what to do; the CLI prints that instead of a traceback unless `--debug
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 
 EXIT_ERROR = 1
 """The stage stopped on a bad input or an unreachable service; what was written before is intact."""
@@ -39,6 +41,19 @@ class RecipeError(StateLMError, ValueError):
 
 class PreflightError(StateLMError):
     """A model path, tokenizer, endpoint or the Hub is not usable; found before any expensive work."""
+
+
+def exit_cleanly(run: Callable[[], object]) -> None:
+    """Run a stage's `python -m` entry point (what `accelerate launch` and the launchers start) with the CLI's
+    short error and exit code instead of a traceback from every process; STATELM_DEBUG=1 keeps the traceback."""
+    try:
+        run()
+    except Exception as exc:
+        if debug_requested():
+            raise
+        rank = f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"error{rank}: {explain(exc)}\n({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(getattr(exc, "exit_code", EXIT_ERROR)) from None
 
 
 def debug_requested() -> bool:

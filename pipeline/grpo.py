@@ -226,10 +226,16 @@ def build_trainer(
     return trainer
 
 
-if __name__ == "__main__":
+def _run_from_command_line() -> None:
     from pipeline.trl_recipe import parse_recipe
 
     script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
     if script_args.recipe is None and "--config" in sys.argv[:-1]:
         script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
     main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    from pipeline.errors import exit_cleanly
+
+    exit_cleanly(_run_from_command_line)

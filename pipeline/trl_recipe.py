@@ -35,9 +35,14 @@ def parse_recipe(parser: Any, args: Sequence[str]) -> tuple[Any, ...]:
         raise RecipeError(f"{recipe + ' (with the command line)' if recipe else 'command line'}: {problem}")
 
     _route_errors(parser, error)
-    *parsed, from_config, from_flags = parser.parse_args_and_config(
-        args, return_remaining_strings=True, separate_remaining_strings=True
-    )
+    try:
+        *parsed, from_config, from_flags = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except RecipeError:
+        raise
+    except ValueError as exc:  # a config's __post_init__ ("Your setup doesn't support bf16/gpu", ...)
+        raise RecipeError(f"{recipe or 'command line'}: {exc}") from exc
     known = _known_keys(parser)
     if from_config:
         unknown = [s[2:] for s in from_config[::2]]

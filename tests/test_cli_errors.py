@@ -4,7 +4,10 @@ input gives a short error naming the file and field, a non-zero exit, no traceba
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,6 +100,18 @@ def test_grpo_recipe_errors_name_the_recipe_and_key(tmp_path: Path) -> None:
     assert_short_error(invoke("grpo", "--recipe", str(typo)), "typo.yaml", "num_episodes_per_tsk")
     wrong = write_yaml(tmp_path / "wrong.yaml", {**base, "beta": "a little"})
     assert_short_error(invoke("grpo", "--recipe", str(wrong)), "wrong.yaml: beta", "invalid float value")
+
+
+def test_module_entry_point_gives_the_same_short_error(tmp_path: Path) -> None:
+    """`accelerate launch -m pipeline.sft` (the README's multi-GPU command and the launchers) starts the module."""
+    base = yaml.safe_load((ROOT / "recipes/tiny/sft.yaml").read_text())
+    typo = write_yaml(tmp_path / "typo.yaml", {**base, "learnin_rate": 1e-3})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STATELM_DEBUG": ""}
+    run = subprocess.run([sys.executable, "-m", "pipeline.sft", "--config", str(typo)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "typo.yaml" in run.stderr and "learnin_rate" in run.stderr
+    assert len(run.stderr.strip().splitlines()) <= 6, run.stderr
 
 
 def test_grpo_bad_task_generator_names_recipe_entry_and_field(tiny_model_dir: Path, tmp_path: Path) -> None:
