@@ -29,7 +29,7 @@ from pipeline.policies.factory import make_policy
 from pipeline.policies.hf import HFPolicy
 from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
 from pipeline.recipe import EvalRecipe, PolicySpec
-from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
+from pipeline.rollout import Episode, collect, iter_trajectories, plan_episodes, summarize
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 
@@ -216,8 +216,7 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     for name in order:
         policy = make_policy(systems[name])
         path = out_dir / name / "trajectories.jsonl"
-        samples = systems[name].samples
-        played_episodes = episodes if samples is None else plan_episodes(tasks, samples, recipe.seed)
+        played_episodes = _episodes_for(systems[name], tasks, episodes, tokenizer, recipe)
         try:
             run = asyncio.run(collect(played_episodes, policy, tokenizer, recipe.env, path, grader,
                                       recipe.concurrency, recipe.rewards, progress))  # fmt: skip
@@ -265,6 +264,21 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown_summary(report))
     return report
+
+
+def _episodes_for(spec: PolicySpec, tasks: list[Task], episodes: list[Episode], tokenizer: Any,
+                  recipe: EvalRecipe) -> list[Episode]:  # fmt: skip
+    """The episodes one system plays: its own samples per task, on the tasks short enough for it."""
+    if spec.samples is None and spec.max_input_tokens is None:
+        return episodes
+    if spec.max_input_tokens is not None:
+        tasks = [t for t in tasks if input_tokens(t, tokenizer) <= spec.max_input_tokens]
+    return plan_episodes(tasks, spec.samples or recipe.samples_per_task, recipe.seed)
+
+
+def input_tokens(task: Task, tokenizer: Any) -> int:
+    """The input's length in the student's tokens, as the environment measures it."""
+    return len(tokenizer(task.load_input(), add_special_tokens=False)["input_ids"])
 
 
 def _scores_imitation(recipe: EvalRecipe, policy: Any, expert_episodes: list[Trajectory]) -> bool:

@@ -76,6 +76,12 @@ class PolicySpec(_Strict):
     samples: int | None = Field(
         default=None, gt=0, description="eval: episodes per task for this system (default: samples_per_task)."
     )
+    max_input_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="eval: play only the tasks whose input has at most this many tokens (e.g. a sampled system on "
+        "the short split, where its extra samples cost least).",
+    )
     recovery_share: float = Field(
         default=0.0,
         ge=0.0,

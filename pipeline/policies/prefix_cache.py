@@ -65,6 +65,15 @@ class SamplingSettings:
         return warpers
 
 
+def causal_mask(length: int, past: int, device: torch.device) -> torch.Tensor:
+    """The 4D boolean mask (True: attend) of `length` new tokens after `past` cached ones: each token sees the
+    whole past and the new tokens up to itself. Handed to the model ready-made, so that transformers does not build
+    one itself (slow on a CPU)."""
+    keys = torch.arange(past + length, device=device)
+    queries = torch.arange(past, past + length, device=device)
+    return (keys[None, :] <= queries[:, None])[None, None]
+
+
 class PreallocatedLayer(DynamicLayer):
     """A cache layer whose keys and values live in one buffer sized for the whole round, written in place.
 
@@ -166,6 +175,7 @@ class PrefixCachingGenerator:
         positions = torch.arange(start, len(ids) - 1, device=device)[None]
         self.model(
             input_ids=torch.tensor([new], device=device),
+            attention_mask=causal_mask(len(new), start, device),
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
@@ -184,9 +194,11 @@ class PrefixCachingGenerator:
         width = max(len(c.ids) for c in cached)
         pads = [width - len(c.ids) for c in cached]
         cache = self._batched_cache(cached, pads, width, settings.max_new_tokens)
-        mask = torch.zeros(batch, width + settings.max_new_tokens, dtype=torch.long, device=device)
+        # a ready 4D mask (True: attend): transformers then skips building one per step, which on a CPU costs
+        # more than the step itself at a batch of 32 (measured 2.5x per decoding step)
+        mask = torch.zeros(batch, 1, 1, width + settings.max_new_tokens, dtype=torch.bool, device=device)
         for row, pad in enumerate(pads):
-            mask[row, pad:] = 1
+            mask[row, :, :, pad:] = True
         tokens = torch.tensor([[p[-1]] for p in prompts], device=device)
         positions = torch.tensor([[len(p) - 1] for p in prompts], device=device)
         generators = [None if s is None else torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
@@ -197,7 +209,7 @@ class PrefixCachingGenerator:
             logits = (
                 self.model(
                     input_ids=tokens,
-                    attention_mask=mask[:, : width + step + 1],
+                    attention_mask=mask[..., : width + step + 1],
                     position_ids=positions,
                     past_key_values=cache,
                     use_cache=True,
