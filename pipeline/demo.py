@@ -235,7 +235,8 @@ def grpo_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
 
 def eval_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
     dtype = "bfloat16" if profile.bf16 else "auto"
-    hf = {"kind": "hf", "max_tokens": profile.turn_tokens, "dtype": dtype, "max_batch_size": 64}
+    hf = {"kind": "hf", "max_tokens": profile.turn_tokens, "dtype": dtype,
+          "max_batch_size": 16}  # 64 contexts of up to 5.5K tokens in one batch: 18.7 GB, the OOM killer (measured)
     models = {
         name: {**hf, "model": str(out / folder), "temperature": 0.0}
         for name, folder in zip(SYSTEMS, ("model", "sft", "grpo"), strict=True)
