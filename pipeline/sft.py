@@ -39,6 +39,7 @@ from pipeline.shared_prefix_collator import (
     SHARED_PREFIX_COLUMNS,
     SharedPrefixCollator,
     SharedPrefixError,
+    loaded_attention,
     mask_format,
 )
 
@@ -225,10 +226,11 @@ def build_trainer(
             dataset, training_args, model_args.attn_implementation, tokenizer
         )
     # The trainer loads the model from the path once the DeepSpeed config exists (ZeRO-3 sharded loading)
+    attention = model_args.attn_implementation
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
+        "attn_implementation": loaded_attention(attention) if script_args.shared_prefix else attention,
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
@@ -242,12 +244,12 @@ def build_trainer(
     )
     if collator is not None:
         trainer.extra_columns = SHARED_PREFIX_COLUMNS
-        # The attention the model really loaded (attn_implementation unset: transformers picks one)
+        # The attention the model really loaded (a model_init_kwargs override could change it)
         loaded = trainer.model.config._attn_implementation
-        if mask_format(loaded) != collator.mask_format:
+        if loaded != loaded_attention(attention):
             raise SharedPrefixError(
-                f"the model loaded attention {loaded!r}; shared_prefix was set up for "
-                f"{model_args.attn_implementation!r}: set attn_implementation explicitly"
+                f"the model loaded attention {loaded!r}; shared-prefix rows for {attention!r} need "
+                f"{loaded_attention(attention)!r}"
             )
     method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
     if script_args.trainable_layers is not None:

@@ -14,6 +14,7 @@ from pipeline.segments import segment_trajectory
 from pipeline.sft import build_trainer, make_parser
 from pipeline.sft_data import SFTDataError
 from pipeline.shared_prefix import common_prefix_length, pack_episode, pack_rows
+from pipeline.shared_prefix_attention import NAME, TREE
 from pipeline.shared_prefix_collator import NUM_TOKENS, SharedPrefixCollator, SharedPrefixError, tree_mask
 from tests.test_segments import collect_scripted
 
@@ -72,7 +73,7 @@ def test_rows_fit_max_length_and_long_rows_stay_ordinary():
 
 
 def test_mask_reads_the_prefix_and_the_own_segment_causally():
-    collator = SharedPrefixCollator(pad_token_id=0)
+    collator = SharedPrefixCollator(pad_token_id=0, mask_format="bool")
     example = {"input_ids": [5] * 7, "labels": [-100] * 7, "prefix_length": 3, "segment_lengths": [2, 2]}
     short = {"input_ids": [5] * 4, "labels": [-100] * 4, "prefix_length": 4, "segment_lengths": []}
     batch = collator([example, short])
@@ -85,6 +86,9 @@ def test_mask_reads_the_prefix_and_the_own_segment_causally():
     assert padded[5].tolist() == [0, 0, 0, 0, 0, 1, 0]  # padding reads only itself
     assert batch["labels"][1, 4:].tolist() == [-100] * 3 and batch[NUM_TOKENS].item() == 11
     assert tree_mask(torch.zeros(3, dtype=torch.long)).tolist() == torch.ones(3, 3).tril().bool().tolist()
+    tree = SharedPrefixCollator(pad_token_id=0)([example, short])  # sdpa: the tree for the attention, no mask
+    assert "attention_mask" not in tree and tree[TREE] == [(3, [2, 2], 7), (4, [], 4)]
+    assert tree["position_ids"].tolist() == batch["position_ids"].tolist()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,9 +132,13 @@ def one_step_gradients(trainer) -> tuple[float, dict[str, torch.Tensor], int]:
     return total, grads, num_items
 
 
-def test_shared_prefix_rows_train_what_segment_rows_train(tiny_model_dir, segment_rows, tmp_path):
-    segments, segments_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "a")
-    packed, packed_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "b", "--shared_prefix", "true")
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prefix_rows_train_what_segment_rows_train(attention, tiny_model_dir, segment_rows, tmp_path):
+    """sdpa: the tree attention (pipeline/shared_prefix_attention.py, no mask); eager: the dense additive 4D mask."""
+    flags = ["--attn_implementation", attention]
+    segments, segments_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "a", *flags)
+    packed, packed_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "b", "--shared_prefix", "true", *flags)
+    assert packed.model.config._attn_implementation == {"sdpa": NAME, "eager": "eager"}[attention]
     figures = packed_report["shared_prefix"]
     assert figures["segment_rows"] == segments_report["rows"] and figures["rows"] < figures["segment_rows"]
     assert figures["segment_tokens"] == segments_report["tokens"]
@@ -152,7 +160,7 @@ def test_shared_prefix_trains_and_counts_real_tokens(tiny_model_dir, segment_row
     flags += ["--gradient_accumulation_steps", "1"]
     trainer, _ = trainer_for(tiny_model_dir, segment_rows, tmp_path / "run", *flags)
     batch = next(iter(trainer.get_train_dataloader()))
-    assert batch["attention_mask"].dim() == 4 and "position_ids" in batch
+    assert TREE in batch and "position_ids" in batch
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(loss == loss for loss in losses)
