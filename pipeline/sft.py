@@ -33,6 +33,15 @@ from pipeline.errors import PreflightError
 from pipeline.freezing import freeze_all_but_top_layers
 from pipeline.preflight import check_hub_push, check_model_path, check_trackers
 from pipeline.sft_data import describe, load_sft_dataset
+from pipeline.shared_prefix import shared_prefix_dataset
+from pipeline.shared_prefix_collator import (
+    NUM_TOKENS,
+    SHARED_PREFIX_COLUMNS,
+    SharedPrefixCollator,
+    SharedPrefixError,
+    loaded_attention,
+    mask_format,
+)
 
 logger = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -53,6 +62,15 @@ class SFTScriptArguments(ScriptArguments):
     recipe: str | None = field(
         default=None, metadata={"help": "Recipe named in the model card; defaults to the --config file."}
     )
+    shared_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack the segments of each episode into shared-prefix rows: their common prefix (system prompt, "
+            "tool schemas, ...) once, then each segment's rest, under a 4D attention mask (pipeline/shared_prefix.py). "
+            "Same loss and gradients, fewer tokens; needs attn_implementation sdpa or eager. Default: one row per "
+            "segment."
+        },
+    )
     trainable_layers: int | None = field(
         default=None,
         metadata={
@@ -63,9 +81,29 @@ class SFTScriptArguments(ScriptArguments):
 
 
 class StateLMSFTTrainer(SFTTrainer):
-    """SFTTrainer whose model card (written with each checkpoint and on push) also names base model, data, recipe."""
+    """SFTTrainer whose model card (written with each checkpoint and on push) also names base model, data, recipe.
+    With shared-prefix rows it keeps their tree columns for the collator and counts real tokens in `num_tokens`
+    (TRL sums the attention mask, which is 4D here)."""
 
     card_section = ""
+    extra_columns: tuple[str, ...] = ()  # dataset columns the collator reads besides TRL's
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, *(c for c in self.extra_columns
+                                                               if c not in self._signature_columns)]  # fmt: skip
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        real_tokens = inputs.pop(NUM_TOKENS, None)
+        if real_tokens is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        counted = self._total_train_tokens
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training:
+            gathered = self.accelerator.gather_for_metrics(real_tokens.reshape(1)).sum().item()
+            self._total_train_tokens = counted + gathered // self._tp_size
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
 
     def create_model_card(self, *args, **kwargs):
         super().create_model_card(*args, **kwargs)
@@ -170,7 +208,10 @@ def build_trainer(
     if training_args.completion_only_loss is False:
         raise ValueError("completion_only_loss=False would train on every token; SFT trains assistant tokens only")
     training_args.completion_only_loss = True
-    dataset = load_sft_dataset(script_args.dataset_path, script_args.dataset_name, script_args.dataset_train_split)
+    extra = ("episode_id",) if script_args.shared_prefix else ()
+    dataset = load_sft_dataset(
+        script_args.dataset_path, script_args.dataset_name, script_args.dataset_train_split, extra
+    )
     data_report = describe(dataset, training_args.max_length)
     logger.info("dataset %s", data_report)
 
@@ -179,11 +220,17 @@ def build_trainer(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    collator = None
+    if script_args.shared_prefix:
+        dataset, data_report["shared_prefix"], collator = shared_prefix_setup(
+            dataset, training_args, model_args.attn_implementation, tokenizer
+        )
     # The trainer loads the model from the path once the DeepSpeed config exists (ZeRO-3 sharded loading)
+    attention = model_args.attn_implementation
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
+        "attn_implementation": loaded_attention(attention) if script_args.shared_prefix else attention,
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
@@ -193,7 +240,17 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        data_collator=collator,
     )
+    if collator is not None:
+        trainer.extra_columns = SHARED_PREFIX_COLUMNS
+        # The attention the model really loaded (a model_init_kwargs override could change it)
+        loaded = trainer.model.config._attn_implementation
+        if loaded != loaded_attention(attention):
+            raise SharedPrefixError(
+                f"the model loaded attention {loaded!r}; shared-prefix rows for {attention!r} need "
+                f"{loaded_attention(attention)!r}"
+            )
     method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
     if script_args.trainable_layers is not None:
         counts = freeze_all_but_top_layers(trainer.model, script_args.trainable_layers)
@@ -208,6 +265,28 @@ def build_trainer(
         f"- Recipe: `{script_args.recipe}` ({method} fine-tune, loss on assistant tokens only)\n"
     )
     return trainer, data_report
+
+
+def shared_prefix_setup(
+    dataset: datasets.Dataset, training_args: SFTConfig, attn_implementation: str | None, tokenizer: Any
+) -> tuple[datasets.Dataset, dict, SharedPrefixCollator]:
+    """Segment rows -> shared-prefix rows (each fits max_length), their figures, and the collator that builds
+    their 4D masks. Errors before any model loads when the attention or TRL's packing cannot take them."""
+    if training_args.packing or training_args.padding_free:
+        raise SharedPrefixError(
+            "shared_prefix builds its own rows and masks: set packing: false and padding_free: false"
+        )
+    form = mask_format(attn_implementation)
+    packed, figures = shared_prefix_dataset(dataset, training_args.max_length)
+    logger.info("shared-prefix rows %s", figures)
+    # The pad token TRL's own collator would take (padding is never read: label -100, it attends only to itself)
+    pad = training_args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+    collator = SharedPrefixCollator(
+        pad_token_id=tokenizer.convert_tokens_to_ids(pad),
+        mask_format=form,
+        pad_to_multiple_of=training_args.pad_to_multiple_of,
+    )
+    return packed, figures, collator
 
 
 def preflight(recipe: str | None, model: str | None, training_args: Any) -> None:

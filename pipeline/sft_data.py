@@ -10,7 +10,7 @@ with `completion_only_loss=True`; pipeline.sft sets it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,12 @@ class SFTDataError(ValueError):
     """A dataset that cannot be trained on; the message names the dataset, row and column."""
 
 
-def load_sft_dataset(path: str | None = None, hub_name: str | None = None, split: str = "train") -> Dataset:
-    """Load the curated rows from a `save_to_disk` directory (or a hub dataset) and keep the training columns."""
+def load_sft_dataset(
+    path: str | None = None, hub_name: str | None = None, split: str = "train", extra_columns: Sequence[str] = ()
+) -> Dataset:
+    """Load the curated rows from a `save_to_disk` directory (or a hub dataset) and keep the training columns,
+    plus `extra_columns` (provenance that a transformation before training needs: shared-prefix rows group
+    segments by `episode_id`)."""
     if (path is None) == (hub_name is None):
         raise SFTDataError("give exactly one of dataset_path (a save_to_disk directory) or dataset_name (hub)")
     source = path or hub_name
@@ -42,12 +46,12 @@ def load_sft_dataset(path: str | None = None, hub_name: str | None = None, split
         if split not in dataset:
             raise SFTDataError(f"{source}: no split {split!r} (splits: {sorted(dataset)})")
         dataset = dataset[split]
-    missing = [c for c in TRAINING_COLUMNS if c not in dataset.column_names]
+    missing = [c for c in (*TRAINING_COLUMNS, *extra_columns) if c not in dataset.column_names]
     if missing:
         raise SFTDataError(f"{source}: missing column(s) {missing}; columns are {dataset.column_names}")
     check_rows(dataset, source)
     # Provenance columns (episode_id, turns) stay in the saved dataset, never in the batches.
-    return dataset.select_columns(list(TRAINING_COLUMNS))
+    return dataset.select_columns([*TRAINING_COLUMNS, *extra_columns])
 
 
 def check_rows(dataset: Dataset, source: str) -> None:

@@ -1,0 +1,180 @@
+"""Shared-prefix rows (pipeline/shared_prefix.py, pipeline/shared_prefix_collator.py, pipeline/sft.py): an
+episode's segments packed under one prefix train exactly what the separate segment rows train (TRL's loss and
+every gradient, to 1e-5), for fewer tokens; rows fit max_length; backends without a 4D mask are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from pipeline.segments import segment_trajectory
+from pipeline.sft import build_trainer, make_parser
+from pipeline.sft_data import SFTDataError
+from pipeline.shared_prefix import common_prefix_length, pack_episode, pack_rows
+from pipeline.shared_prefix_attention import NAME, TREE
+from pipeline.shared_prefix_collator import NUM_TOKENS, SharedPrefixCollator, SharedPrefixError, tree_mask
+from tests.test_segments import collect_scripted
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/tiny/sft.yaml"
+
+
+def row(prefix: list[int], rest: list[int], untrained: int = 2) -> tuple[list[int], list[int]]:
+    """A segment row: the prefix and `untrained` more tokens are context, the rest is trained."""
+    ids = prefix + rest
+    return ids, [0] * (len(prefix) + untrained) + [1] * (len(rest) - untrained)
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing and masks
+
+
+def test_packed_row_holds_the_prefix_once_and_each_segment_rest():
+    prefix = list(range(100, 120))
+    rows = [row(prefix, [1, 2, 3, 4, 5]), row(prefix, [6, 7, 8, 9]), row(prefix, [1, 2, 9, 9, 9, 9])]
+    (packed,) = pack_episode("e", rows)
+    assert packed.prefix_length == 20 and packed.segment_lengths == [5, 4, 6]
+    assert len(packed.input_ids) == 20 + 15 < sum(len(ids) for ids, _ in rows)
+    start = packed.prefix_length
+    for (ids, mask), size in zip(rows, packed.segment_lengths, strict=True):
+        # every segment row is exactly the prefix + its part of the packed row
+        assert packed.input_ids[:20] + packed.input_ids[start : start + size] == ids
+        assert packed.completion_mask[:20] + packed.completion_mask[start : start + size] == mask
+        start += size
+    assert sum(packed.completion_mask) == sum(sum(mask) for _, mask in rows)
+
+
+def test_prefix_stops_before_the_first_trained_token():
+    """Rows that agree past a trained token (a max_turns cap: one row extends the other) share only what comes
+    before it: the first token of each segment's rest is never trained."""
+    a = row(list(range(100, 110)), [1, 2, 3], untrained=1)
+    b = (a[0] + [4, 5], a[1] + [1, 1])
+    assert common_prefix_length([a[0], b[0]]) == len(a[0])
+    (packed,) = pack_episode("e", [a, b])
+    assert packed.prefix_length == 10
+    rests = packed.completion_mask[10:]
+    assert rests[0] == 0 and rests[packed.segment_lengths[0]] == 0
+
+
+def test_rows_fit_max_length_and_long_rows_stay_ordinary():
+    prefix = list(range(100, 140))
+    rows = [row(prefix, list(range(n, n + 10))) for n in (1, 11, 21)] + [row(prefix * 3, [1, 2, 3, 4])]
+    packed = pack_episode("e", rows, max_length=65)
+    assert [r.segment_lengths for r in packed] == [[10, 10], [], []]
+    assert all(len(r.input_ids) <= 65 for r in packed if r.segment_lengths)
+    assert packed[1].input_ids == rows[2][0] and packed[1].prefix_length == len(rows[2][0])
+    untrained = ([1, 2, 3], [0, 0, 0])
+    assert [r.episode_id for r in pack_rows([{"input_ids": i, "completion_mask": m, "episode_id": e}
+                                             for e, (i, m) in [("x", rows[0]), ("y", untrained), ("x", rows[1])]])
+            ] == ["x"]  # fmt: skip
+
+
+def test_mask_reads_the_prefix_and_the_own_segment_causally():
+    collator = SharedPrefixCollator(pad_token_id=0, mask_format="bool")
+    example = {"input_ids": [5] * 7, "labels": [-100] * 7, "prefix_length": 3, "segment_lengths": [2, 2]}
+    short = {"input_ids": [5] * 4, "labels": [-100] * 4, "prefix_length": 4, "segment_lengths": []}
+    batch = collator([example, short])
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 4], [0, 1, 2, 3, 0, 0, 0]]
+    allowed = batch["attention_mask"][0, 0].int().tolist()
+    assert allowed[5] == [1, 1, 1, 0, 0, 1, 0]  # segment 2's first token: the prefix and itself
+    assert allowed[4] == [1, 1, 1, 1, 1, 0, 0]
+    padded = batch["attention_mask"][1, 0].int()
+    assert padded[:4, :4].tolist() == torch.ones(4, 4).tril().int().tolist()  # an ordinary row: causal
+    assert padded[5].tolist() == [0, 0, 0, 0, 0, 1, 0]  # padding reads only itself
+    assert batch["labels"][1, 4:].tolist() == [-100] * 3 and batch[NUM_TOKENS].item() == 11
+    assert tree_mask(torch.zeros(3, dtype=torch.long)).tolist() == torch.ones(3, 3).tril().bool().tolist()
+    tree = SharedPrefixCollator(pad_token_id=0)([example, short])  # sdpa: the tree for the attention, no mask
+    assert "attention_mask" not in tree and tree[TREE] == [(3, [2, 2], 7), (4, [], 4)]
+    assert tree["position_ids"].tolist() == batch["position_ids"].tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# SFT: the quantity TRL trains is the same, through the trainer pipeline/sft.py builds
+
+
+@pytest.fixture(scope="module")
+def segment_rows(tiny_model_dir, tmp_path_factory) -> Path:
+    """Segment rows of scripted episodes from the real environment, as curate saves them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trajectories = collect_scripted(tmp_path_factory.mktemp("collect"), tiny_model_dir)
+    rows = [s.to_row() for t in trajectories for s in segment_trajectory(tokenizer, t)]
+    assert len(rows) > len(trajectories), "episodes of several segments"
+    path = tmp_path_factory.mktemp("rows") / "dataset"
+    Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+def trainer_for(model_dir: Path, data: Path, out: Path, *flags: str):
+    args = ["--config", str(RECIPE), "--model_name_or_path", str(model_dir), "--dataset_path", str(data),
+            "--output_dir", str(out), "--report_to", "none", "--dataloader_pin_memory", "false", *flags]  # fmt: skip
+    return build_trainer(*make_parser().parse_args_and_config(args))
+
+
+def one_step_gradients(trainer) -> tuple[float, dict[str, torch.Tensor], int]:
+    """TRL's loss over every row of the dataset as one optimizer step (what gradient accumulation over these
+    batches computes): each micro-batch's loss is its NLL sum over trained tokens divided by num_items_in_batch,
+    the trained tokens of the whole step, counted the way transformers' Trainer counts them (labels[..., 1:])."""
+    batches = list(trainer.get_train_dataloader())
+    num_items = sum(int(b["labels"][..., 1:].ne(-100).sum()) for b in batches)
+    model = trainer.model.train()
+    model.zero_grad()
+    total = 0.0
+    for batch in batches:
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(num_items))
+        loss.backward()
+        total += loss.item()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return total, grads, num_items
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prefix_rows_train_what_segment_rows_train(attention, tiny_model_dir, segment_rows, tmp_path):
+    """sdpa: the tree attention (pipeline/shared_prefix_attention.py, no mask); eager: the dense additive 4D mask."""
+    flags = ["--attn_implementation", attention]
+    segments, segments_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "a", *flags)
+    packed, packed_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "b", "--shared_prefix", "true", *flags)
+    assert packed.model.config._attn_implementation == {"sdpa": NAME, "eager": "eager"}[attention]
+    figures = packed_report["shared_prefix"]
+    assert figures["segment_rows"] == segments_report["rows"] and figures["rows"] < figures["segment_rows"]
+    assert figures["segment_tokens"] == segments_report["tokens"]
+    assert figures["tokens"] < 0.9 * figures["segment_tokens"]
+    assert packed_report["trained_tokens"] == segments_report["trained_tokens"]
+    assert isinstance(packed.data_collator, SharedPrefixCollator)
+
+    loss_a, grads_a, items_a = one_step_gradients(segments)
+    loss_b, grads_b, items_b = one_step_gradients(packed)
+    assert items_a == items_b == segments_report["trained_tokens"]
+    assert abs(loss_a - loss_b) < 1e-5
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for name, grad in grads_a.items():
+        assert torch.allclose(grad, grads_b[name], atol=1e-5, rtol=0), name
+
+
+def test_shared_prefix_trains_and_counts_real_tokens(tiny_model_dir, segment_rows, tmp_path):
+    flags = ["--shared_prefix", "true", "--max_steps", "2", "--save_strategy", "no"]
+    flags += ["--gradient_accumulation_steps", "1"]
+    trainer, _ = trainer_for(tiny_model_dir, segment_rows, tmp_path / "run", *flags)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert TREE in batch and "position_ids" in batch
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
+    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    assert tokens and tokens[-1] <= 2 * max(len(r) for r in trainer.train_dataset["input_ids"])
+
+
+def test_backends_and_data_that_cannot_take_shared_prefix_rows_are_refused(tiny_model_dir, segment_rows, tmp_path):
+    with pytest.raises(SharedPrefixError, match="flash_attention_2"):
+        trainer_for(tiny_model_dir, segment_rows, tmp_path / "x", "--shared_prefix", "true",
+                    "--attn_implementation", "flash_attention_2")  # fmt: skip
+    with pytest.raises(SharedPrefixError, match="packing"):
+        trainer_for(tiny_model_dir, segment_rows, tmp_path / "y", "--shared_prefix", "true", "--packing", "true")
+    bare = tmp_path / "bare"
+    Dataset.from_list([{"input_ids": [1, 2, 3], "completion_mask": [0, 1, 1]}]).save_to_disk(str(bare))
+    with pytest.raises(SFTDataError, match="episode_id"):
+        trainer_for(tiny_model_dir, bare, tmp_path / "z", "--shared_prefix", "true")
