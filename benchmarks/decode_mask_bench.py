@@ -25,11 +25,10 @@ def random_cache(model, batch: int, context: int, room: int, seed: int) -> Dynam
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, heads, context + room, dim)
     cache = DynamicCache()
-    cache.layers = [
-        PreallocatedLayer(torch.randn(shape, generator=generator).to(model.dtype),
-                          torch.randn(shape, generator=generator).to(model.dtype), context)  # fmt: skip
-        for _ in range(config.num_hidden_layers)
-    ]
+    def buffer() -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(model.dtype)
+
+    cache.layers = [PreallocatedLayer(buffer(), buffer(), context) for _ in range(config.num_hidden_layers)]
     return cache
 
 
