@@ -18,3 +18,16 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self.started)
+
+
+class EpochClock(TrainerCallback):
+    """Wall time of every training epoch."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.started)

@@ -45,9 +45,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from clock import EpochClock  # benchmarks/clock.py (scripts run from this folder)
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+from transformers import AutoTokenizer, PrinterCallback
 
 from pipeline.env.pensieve import EnvConfig
 from pipeline.policies.scripted import ScriptedExpert
@@ -62,20 +63,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SFT_RECIPE = ROOT / "recipes/tiny/sft.yaml"
 
 
-class EpochClock(TrainerCallback):
-    """Wall time of every training epoch."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.started)
-
-
-DEMO_SFT_FLAGS = ["--trainable_layers", "12", "--bf16", "true", "--use_cpu", "true"]  # pipeline/demo.py "full"
 
 
 def sft_trainer(model: str, rows: list[dict[str, Any]], work: Path, max_length: int, extra: list[str]):
@@ -164,7 +151,13 @@ def setup(profile: str) -> tuple[ScriptedExpert, EnvConfig, str, list[str]]:
 
     demo = PROFILES["full"]
     policy = ScriptedExpert(chunk_size=demo.expert_chunk_size, recovery_share=demo.recovery_share)
-    return policy, EnvConfig(**env_block(demo)), "train", DEMO_SFT_FLAGS
+    return policy, EnvConfig(**env_block(demo)), "train", demo_sft_flags(demo)
+
+
+def demo_sft_flags(demo: Any) -> list[str]:
+    """The CPU levers of the demo's SFT recipe, read from its profile (so the benchmark follows the demo)."""
+    flags = ["--trainable_layers", str(demo.trainable_layers)] if demo.trainable_layers else []
+    return flags + (["--bf16", "true", "--use_cpu", "true"] if demo.bf16 else [])
 
 
 def main() -> None:
