@@ -153,6 +153,9 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
             json.dump(report, f, indent=2)
 
     # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
+    # Leave together: a rank that tears down gloo and exits while another still writes the model can abort
+    # (`terminate called without an active exception`, seen once in CI on a resumed ZeRO-3 run)
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return report
 

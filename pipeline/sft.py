@@ -195,6 +195,9 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
             json.dump(report, f, indent=2)
 
     # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
+    # Leave together: a rank that tears down gloo and exits while another still writes the model can abort
+    # (`terminate called without an active exception`, seen once in CI on a resumed ZeRO-3 run)
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return report
 
