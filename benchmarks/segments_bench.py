@@ -5,8 +5,8 @@ Usage: python benchmarks/segments_bench.py [--model runs/tiny/model] [--lengths 
        [--episodes 3] [--needles 1 3] [--sft-episodes 1] [--sft-needles 1] [--repeats 3] [--warmup 2] [--no-sft]
        [--sft-sets snapshots segments shared-prefix] [--profile default|demo] [--max-length 8192] [--json out.json]
 The SmolLM2 demo's data: `--profile demo --model runs/demo/model --lengths 2000 33000` (the demo's environment:
-8192-token context, compact prompts; the scripted teacher reading 256-token chunks; the demo's SFT settings:
-top 12 layers trained, bf16 CPU autocast). The last lines read
+8192-token context, compact prompts; the scripted teacher reading 256-token chunks; the SFT levers
+the demo's profile sets, read from it). The last lines read
 `tokens per episode: snapshots <s> segments <g> shared-prefix <p>` (means over every episode played) and, per
 length, the SFT epoch-time ratio of shared-prefix rows to segment rows.
 Plays the scripted expert in the real environment (budgets counted with the model's tokenizer), cuts each

@@ -41,6 +41,7 @@ from pipeline.shared_prefix_collator import (
     SharedPrefixError,
     loaded_attention,
     mask_format,
+    shared_prefix_fallback,
 )
 
 logger = logging.getLogger(__name__)
@@ -211,11 +212,18 @@ def build_trainer(
     if training_args.completion_only_loss is False:
         raise ValueError("completion_only_loss=False would train on every token; SFT trains assistant tokens only")
     training_args.completion_only_loss = True
-    extra = ("episode_id",) if script_args.shared_prefix else ()
+    shared_prefix = script_args.shared_prefix
+    fallback = shared_prefix_fallback(model_args.attn_implementation) if shared_prefix else None
+    if fallback:
+        logger.warning("shared_prefix: training one row per segment instead (%s)", fallback)
+        shared_prefix = False
+    extra = ("episode_id",) if shared_prefix else ()
     dataset = load_sft_dataset(
         script_args.dataset_path, script_args.dataset_name, script_args.dataset_train_split, extra
     )
     data_report = describe(dataset, training_args.max_length)
+    if fallback:
+        data_report["shared_prefix"] = {"fallback": fallback}
     logger.info("dataset %s", data_report)
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -224,7 +232,7 @@ def build_trainer(
         trust_remote_code=training_args.trust_remote_code,
     )
     collator = None
-    if script_args.shared_prefix:
+    if shared_prefix:
         dataset, data_report["shared_prefix"], collator = shared_prefix_setup(
             dataset, training_args, model_args.attn_implementation, tokenizer
         )
@@ -233,7 +241,7 @@ def build_trainer(
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": loaded_attention(attention) if script_args.shared_prefix else attention,
+        "attn_implementation": loaded_attention(attention) if shared_prefix else attention,
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }

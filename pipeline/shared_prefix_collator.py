@@ -16,10 +16,11 @@ shared-prefix rows come with this collator. It reads what TRL's dataset preparat
 transformers (5.x, `masking_utils._preprocess_mask_arguments`) passes a 4D mask to the attention function
 as it is, so what it holds must suit that function: a boolean mask (True = read) for plain `sdpa`, an
 additive float mask (0 or the dtype's minimum) for `eager`, which is what the eager recipes get. The dense
-masks are the reference the tree attention is tested against. Every other implementation is refused with a message
-(`mask_format`): flash-attention kernels take no such mask (their varlen path packs independent sequences
-from 2D masks or position ids), and `flex_attention` cannot train on a CPU (torch 2.13: no backward on CPU;
-its forward crashed here), so it is unverified; it would take the tree as a BlockMask (README).
+masks are the reference the tree attention is tested against. With every other implementation SFT falls back to
+one row per segment, with a warning (`shared_prefix_fallback`): flash-attention kernels take no such mask (their
+varlen path packs independent sequences from 2D masks or position ids), and `flex_attention` cannot train on a CPU
+(torch 2.13: no backward on CPU; its forward crashed here), so it is unverified; it would take the tree as a
+BlockMask (README).
 """
 
 from __future__ import annotations
@@ -49,10 +50,20 @@ def mask_format(attn_implementation: str | None) -> MaskFormat:
     if implementation not in MASK_FORMATS:
         raise SharedPrefixError(
             f"shared_prefix needs an attention implementation that takes a 4D mask ({sorted(MASK_FORMATS)}); "
-            f"the model uses {implementation!r}. Set attn_implementation: sdpa, or shared_prefix: false "
-            "(flash-attention's varlen kernels pack independent sequences only, not a shared prefix)"
+            f"the model uses {implementation!r} (flash-attention's varlen kernels pack independent sequences "
+            "only, not a shared prefix)"
         )
     return MASK_FORMATS[implementation]
+
+
+def shared_prefix_fallback(attn_implementation: str | None) -> str | None:
+    """Why shared-prefix rows cannot train with this attention (SFT then trains one row per segment, the same
+    gradient for more tokens), or None when they can. A GPU recipe on flash attention keeps working."""
+    try:
+        mask_format(attn_implementation)
+    except SharedPrefixError as error:
+        return str(error)
+    return None
 
 
 def loaded_attention(attn_implementation: str | None) -> str:

@@ -1,6 +1,7 @@
 """Shared-prefix rows (pipeline/shared_prefix.py, pipeline/shared_prefix_collator.py, pipeline/sft.py): an
 episode's segments packed under one prefix train exactly what the separate segment rows train (TRL's loss and
-every gradient, to 1e-5), for fewer tokens; rows fit max_length; backends without a 4D mask are refused."""
+every gradient, to 1e-5), for fewer tokens; rows fit max_length; backends without a 4D mask fall back to one
+row per segment."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from pipeline.sft import build_trainer, make_parser
 from pipeline.sft_data import SFTDataError
 from pipeline.shared_prefix import common_prefix_length, pack_episode, pack_rows
 from pipeline.shared_prefix_attention import NAME, TREE
-from pipeline.shared_prefix_collator import NUM_TOKENS, SharedPrefixCollator, SharedPrefixError, tree_mask
+from pipeline.shared_prefix_collator import (
+    NUM_TOKENS,
+    SharedPrefixCollator,
+    SharedPrefixError,
+    shared_prefix_fallback,
+    tree_mask,
+)
 from tests.test_segments import collect_scripted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,10 +175,17 @@ def test_shared_prefix_trains_and_counts_real_tokens(tiny_model_dir, segment_row
     assert tokens and tokens[-1] <= 2 * max(len(r) for r in trainer.train_dataset["input_ids"])
 
 
-def test_backends_and_data_that_cannot_take_shared_prefix_rows_are_refused(tiny_model_dir, segment_rows, tmp_path):
-    with pytest.raises(SharedPrefixError, match="flash_attention_2"):
-        trainer_for(tiny_model_dir, segment_rows, tmp_path / "x", "--shared_prefix", "true",
-                    "--attn_implementation", "flash_attention_2")  # fmt: skip
+def test_attention_without_a_tree_falls_back_to_segment_rows(tiny_model_dir, segment_rows, tmp_path):
+    # flex attention (like flash) takes no 4D mask here: SFT still trains, one row per segment, and says why
+    trainer, report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "x", "--shared_prefix", "true",
+                                  "--attn_implementation", "flex_attention")  # fmt: skip
+    assert "flex_attention" in report["shared_prefix"]["fallback"]
+    assert len(trainer.train_dataset) == len(Dataset.load_from_disk(str(segment_rows)))
+    assert "prefix_length" not in trainer.train_dataset.column_names
+    assert shared_prefix_fallback("flash_attention_2") and shared_prefix_fallback("sdpa") is None
+
+
+def test_data_that_cannot_take_shared_prefix_rows_is_refused(tiny_model_dir, segment_rows, tmp_path):
     with pytest.raises(SharedPrefixError, match="packing"):
         trainer_for(tiny_model_dir, segment_rows, tmp_path / "y", "--shared_prefix", "true", "--packing", "true")
     bare = tmp_path / "bare"
