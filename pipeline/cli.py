@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from pipeline.errors import DEBUG_ENV, StateLMError, debug_requested, explain
+from pipeline.errors import DEBUG_ENV, EXIT_USAGE, StateLMError, debug_requested, explain
 
 
 class _CleanErrors(TyperGroup):
@@ -195,17 +195,17 @@ def _stage_overrides(ctx: typer.Context, stage: str, model: Any) -> tuple[str, d
         ctx.exit(0)
     progress = not overrides.pop("no_progress", False) and overrides.pop("progress", True)
     if rest:
-        raise click.UsageError(f"unexpected argument(s) {rest}; fields are set with --key value")
+        raise StateLMError(f"unexpected argument(s) {rest}; fields are set with --key value", EXIT_USAGE)
     if config is None:
-        raise click.UsageError(f"missing --config RECIPE.yaml ({STAGE_USAGE.format(stage=stage)})")
+        raise StateLMError(f"missing --config RECIPE.yaml ({STAGE_USAGE.format(stage=stage)})", EXIT_USAGE)
     return config, overrides, bool(progress)
 
 
 def _trl_args(ctx: typer.Context, stage: str) -> list[str]:
     args = list(ctx.args)
     if not {"--config", "--recipe", "--help", "-h"} & set(args):
-        raise click.UsageError(
-            f"missing --config RECIPE.yaml (usage: statelm {stage} --config RECIPE.yaml [--key value])"
+        raise StateLMError(
+            f"missing --config RECIPE.yaml (usage: statelm {stage} --config RECIPE.yaml [--key value])", EXIT_USAGE
         )
     return args
 
