@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
-from pipeline.errors import DEBUG_ENV, StateLMError, debug_requested, explain
+from pipeline.errors import DEBUG_ENV, EXIT_USAGE, StateLMError, debug_requested, explain
 
 
 class _CleanErrors(TyperGroup):
@@ -24,7 +22,7 @@ class _CleanErrors(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except (click.exceptions.Exit, typer.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
         except SystemExit as exc:  # argparse (TRL's parser) and other libraries exit on their own
             if exc.code in (0, None):
@@ -179,165 +177,110 @@ def tasks_convert(
     console.print(f"wrote {len(loaded)} tasks to [bold]{out}[/bold] (skipped {loaded.skipped} invalid records)")
 
 
-@app.command("collect")
-def collect_cmd(
-    recipe: Annotated[Path, typer.Option(help="Teacher recipe YAML, e.g. recipes/tiny/teacher.yaml.")],
-    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
-    student_tokenizer: Annotated[str | None, typer.Option(help="Override the recipe's student_tokenizer.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Override the recipe's concurrency.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
-    """Play teacher episodes in the environment; resumable, one JSONL line per finished episode."""
-    from pipeline.collect import failure_problem, run_collect
-    from pipeline.recipe import load_collect_recipe
+# Every stage: `statelm <stage> --config recipe.yaml [--key value ...]` (pipeline/config.py); its own parser reads
+# the command line, so --help lists the recipe's fields and the overrides are validated with the recipe.
+STAGE = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+STAGE_USAGE = "usage: statelm {stage} --config RECIPE.yaml [--key value] [--section.key value] [--no-progress]"
 
-    loaded = load_collect_recipe(
-        recipe, {"output_dir": output_dir, "student_tokenizer": student_tokenizer, "concurrency": concurrency}
-    )
+
+def _stage_overrides(ctx: typer.Context, stage: str, model: Any) -> tuple[str, dict[str, Any], bool]:
+    """(recipe path, dotted overrides, progress) of a pydantic stage's command line; --help prints every field."""
+    from pipeline.config import help_text, parse_overrides
+    from pipeline.env.pensieve import EnvConfig
+
+    config, overrides, rest = parse_overrides(list(ctx.args))
+    if overrides.pop("help", None) or "-h" in rest:
+        usage = f"{STAGE_USAGE.format(stage=stage)}\n\n{ctx.command.help}"
+        typer.echo(f"{usage}\n\nrecipe fields (YAML keys or flags):\n{help_text(model, {'environment': EnvConfig})}")
+        ctx.exit(0)
+    progress = not overrides.pop("no_progress", False) and overrides.pop("progress", True)
+    if rest:
+        raise StateLMError(f"unexpected argument(s) {rest}; fields are set with --key value", EXIT_USAGE)
+    if config is None:
+        raise StateLMError(f"missing --config RECIPE.yaml ({STAGE_USAGE.format(stage=stage)})", EXIT_USAGE)
+    return config, overrides, bool(progress)
+
+
+def _trl_args(ctx: typer.Context, stage: str) -> list[str]:
+    args = list(ctx.args)
+    if not {"--config", "--recipe", "--help", "-h"} & set(args):
+        raise StateLMError(
+            f"missing --config RECIPE.yaml (usage: statelm {stage} --config RECIPE.yaml [--key value])", EXIT_USAGE
+        )
+    return args
+
+
+@app.command("collect", context_settings=STAGE)
+def collect_cmd(ctx: typer.Context) -> None:
+    """Play teacher episodes in the environment; resumable, one JSONL line per finished episode."""
+    from pipeline.cli_reports import print_collect
+    from pipeline.collect import failure_problem, run_collect
+    from pipeline.config import load_recipe
+    from pipeline.recipe import CollectRecipe
+
+    config, overrides, progress = _stage_overrides(ctx, "collect", CollectRecipe)
+    loaded = load_recipe(CollectRecipe, config, overrides)
     report = run_collect(loaded, progress=progress)
-    _print_report(report, Path(loaded.output_dir) / "report.json")
+    print_collect(console, report, Path(loaded.output_dir) / "report.json")
     problem = failure_problem(report, loaded.max_failed_share)
     if problem is not None:
         raise problem
 
 
-@app.command("curate")
-def curate_cmd(
-    recipe: Annotated[Path, typer.Option(help="Curate recipe YAML, e.g. recipes/tiny/curate.yaml.")],
-    inputs: Annotated[list[str] | None, typer.Option("--input", help="Trajectory JSONL (repeatable).")] = None,
-    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="Override the recipe's (student) tokenizer.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override the recipe's seed (balancing choice).")] = None,
-    max_format_errors: Annotated[int | None, typer.Option(help="Override filters.max_format_errors.")] = None,
-    max_turns_per_segment: Annotated[int | None, typer.Option(help="1 gives per-turn snapshots.")] = None,
-    max_share: Annotated[float | None, typer.Option(help="Override balance.max_share (types without a cap).")] = None,
-    hub_id: Annotated[str | None, typer.Option(help="Push the dataset to this hub repo.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
+@app.command("curate", context_settings=STAGE)
+def curate_cmd(ctx: typer.Context) -> None:
     """Reject sampling, action-type balancing and segmenting: trajectories -> SFT dataset + report.json."""
-    from pipeline.curate import load_curate_recipe, report_tables, run_curate
+    from pipeline.cli_reports import print_curate
+    from pipeline.curate import CurateRecipe, load_curate_recipe, run_curate
 
-    loaded = load_curate_recipe(
-        recipe,
-        {
-            "inputs": inputs or None,
-            "output_dir": output_dir,
-            "tokenizer": tokenizer,
-            "seed": seed,
-            "filters.max_format_errors": max_format_errors,
-            "segments.max_turns_per_segment": max_turns_per_segment,
-            "balance.max_share": max_share,
-            "hub_id": hub_id,
-            "push_to_hub": True if hub_id else None,
-        },
-    )
-    report = run_curate(loaded, progress=progress)
-    for table in report_tables(report):
-        console.print(table)
-    skipped = report["skipped_lines"] + report["duplicate_episodes"] + report["invalid_episodes"]
-    if skipped:
-        console.print(f"[yellow]{len(skipped)} lines or episodes skipped:[/yellow]")
-        for line in skipped[:10]:
-            console.print(f"  {line}")
-    console.print(f"dataset in [bold]{report['dataset']}[/bold]")
+    config, overrides, progress = _stage_overrides(ctx, "curate", CurateRecipe)
+    if "input" in overrides:  # `--input a.jsonl [--input b.jsonl]`: the inputs of this run
+        overrides["inputs"] = overrides.pop("input")
+    report = run_curate(load_curate_recipe(config, overrides), progress=progress)
+    print_curate(console, report)
 
 
-@app.command("eval")
-def eval_cmd(
-    recipe: Annotated[Path, typer.Option(help="Eval recipe YAML, e.g. recipes/tiny/eval.yaml.")],
-    model: Annotated[str | None, typer.Option(help="Evaluate this HF model folder/checkpoint instead.")] = None,
-    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
-    """Evaluate models (and baselines) on tasks: report.json, report.md, sawtooth and accuracy plots."""
+@app.command("eval", context_settings=STAGE)
+def eval_cmd(ctx: typer.Context) -> None:
+    """Evaluate models (and baselines) on tasks: report.json, report.md, sawtooth and accuracy plots.
+    `--model <folder>` evaluates that HF model (greedy) instead of the recipe's models."""
+    from pipeline.cli_reports import print_eval
+    from pipeline.config import load_recipe
     from pipeline.evaluate import run_eval
-    from pipeline.recipe import EvalRecipe, load_recipe
+    from pipeline.recipe import EvalRecipe
 
-    overrides: dict = {"output_dir": output_dir}
+    config, overrides, progress = _stage_overrides(ctx, "eval", EvalRecipe)
+    model = overrides.pop("model", None)
     if model:
-        overrides["models"] = {Path(model).name: {"kind": "hf", "model": model, "temperature": 0.0}}
-    loaded = load_recipe(EvalRecipe, recipe, overrides)
-    report = run_eval(loaded, progress=progress)
-    table = Table(title=f"evaluation ({loaded.output_dir}/report.md)")
-    for column in ("system", "accuracy", "finished", "mean context", "peak context"):
-        table.add_column(column)
-    for name, f in report["systems"].items():
-        table.add_row(
-            name,
-            f"{f['accuracy']:.0%}",
-            f"{f.get('finish_rate', 0):.0%}",
-            f"{f.get('mean_context_tokens', 0):.0f}",
-            str(f.get("peak_context_tokens", "-")),
-        )
-    console.print(table)
+        overrides["models"] = {Path(str(model)).name: {"kind": "hf", "model": str(model), "temperature": 0.0}}
+    loaded = load_recipe(EvalRecipe, config, overrides)
+    print_eval(console, run_eval(loaded, progress=progress), loaded.output_dir)
 
 
-@app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sft_cmd(
-    ctx: typer.Context,
-    recipe: Annotated[Path, typer.Option(help="SFT recipe YAML, e.g. recipes/tiny/sft.yaml.")],
-    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
-    model: Annotated[str | None, typer.Option(help="Override the recipe's model_name_or_path.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Override the recipe's dataset_path.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's max_steps.")] = None,
-) -> None:
-    """SFT on curated segments in one process; resumes from the last checkpoint. More flags (any TRL SFTConfig or
-    ModelConfig field) pass through; several processes: `accelerate launch -m pipeline.sft --config <recipe>`."""
+@app.command("sft", context_settings=STAGE)
+def sft_cmd(ctx: typer.Context) -> None:
+    """SFT on curated segments in one process; resumes from the last checkpoint. Flags set any field of the recipe
+    (ours, TRL's SFTConfig and ModelConfig; --help lists them); several processes: the same recipe and flags
+    under `accelerate launch -m pipeline.sft --config <recipe>`."""
+    from pipeline.cli_reports import print_sft
     from pipeline.sft import main, make_parser
     from pipeline.trl_recipe import parse_recipe
 
-    flags = ["--config", str(recipe)]
-    overrides = (
-        ("--output_dir", output_dir),
-        ("--model_name_or_path", model),
-        ("--dataset_path", dataset),
-        ("--max_steps", max_steps),
-    )
-    for flag, value in overrides:
-        flags += [flag, str(value)] if value is not None else []
-    script_args, training_args, model_args = parse_recipe(make_parser(), [*flags, *ctx.args])
-    script_args.recipe = script_args.recipe or str(recipe)
-    report = main(script_args, training_args, model_args)
-    table = Table(title=f"SFT report ({training_args.output_dir}/report.json)")
-    for column in ("step", "loss"):
-        table.add_column(column)
-    for entry in report["losses"]:
-        table.add_row(str(entry["step"]), f"{entry['loss']:.4g}")
-    console.print(table)
-    console.print(f"global step {report['global_step']}, {report['seconds']} s, model in {training_args.output_dir}")
+    script_args, training_args, model_args = parse_recipe(make_parser(), _trl_args(ctx, "sft"))
+    print_sft(console, main(script_args, training_args, model_args), training_args.output_dir)
 
 
-@app.command("grpo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def grpo_cmd(
-    ctx: typer.Context,
-    recipe: Annotated[Path, typer.Option(help="GRPO recipe YAML, e.g. recipes/tiny/grpo.yaml.")],
-    output_dir: Annotated[str | None, typer.Option(help="Override the recipe's output_dir.")] = None,
-    model: Annotated[str | None, typer.Option(help="Override the recipe's model_name_or_path.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's max_steps.")] = None,
-) -> None:
-    """GRPO on whole episodes in one process; resumes from the last checkpoint. More flags (`--beta 0`, any TRL
-    GRPOConfig field) pass through; several processes: `accelerate launch -m pipeline.grpo --config <recipe>`."""
+@app.command("grpo", context_settings=STAGE)
+def grpo_cmd(ctx: typer.Context) -> None:
+    """GRPO on whole episodes in one process; resumes from the last checkpoint. Flags set any field of the recipe
+    (`--beta 0`, `--environment.max_rounds 20`; --help lists them); several processes: the same recipe and flags
+    under `accelerate launch -m pipeline.grpo --config <recipe>`."""
+    from pipeline.cli_reports import print_grpo
     from pipeline.grpo import main, make_parser
     from pipeline.trl_recipe import parse_recipe
 
-    flags = ["--config", str(recipe)]
-    for flag, value in (("--output_dir", output_dir), ("--model_name_or_path", model), ("--max_steps", max_steps)):
-        flags += [flag, str(value)] if value is not None else []
-    script_args, training_args, model_args = parse_recipe(make_parser(), [*flags, *ctx.args])
-    script_args.recipe = script_args.recipe or str(recipe)
-    report = main(script_args, training_args, model_args)
-    table = Table(title=f"GRPO report ({training_args.output_dir}/report.json)")
-    for column in ("step", "reward", "accuracy", "malformed", "trained tokens"):
-        table.add_column(column)
-    for step in report["steps"]:
-        table.add_row(
-            str(step["step"]),
-            f"{step.get('reward', 0):.3g}",
-            f"{step.get('episodes/accuracy', 0):.0%}",
-            f"{step.get('episodes/malformed', 0):.0%}",
-            f"{step.get('tokens/trained', 0):.0f}",
-        )
-    console.print(table)
+    script_args, training_args, model_args = parse_recipe(make_parser(), _trl_args(ctx, "grpo"))
+    print_grpo(console, main(script_args, training_args, model_args), training_args.output_dir)
 
 
 @app.command("demo")
@@ -357,44 +300,6 @@ def demo_cmd(
     if fresh and out.exists():
         shutil.rmtree(out)
     run_demo(out, profile, console)
-
-
-def _print_report(report: dict, path: Path) -> None:
-    table = Table(title=f"collection report ({path})")
-    table.add_column("figure")
-    table.add_column("value")
-    for key in (
-        "episodes",
-        "played",
-        "skipped_existing",
-        "end_states",
-        "accuracy",
-        "mean_context_tokens",
-        "peak_context_tokens",
-        "mean_rounds",
-        "format_errors",
-        "truncated_turns",
-        "tool_calls",
-    ):
-        value = report.get(key)
-        table.add_row(
-            key,
-            json.dumps(value)
-            if isinstance(value, dict | list)
-            else f"{value:.3g}"
-            if isinstance(value, float)
-            else str(value),
-        )
-    console.print(table)
-    if report.get("truncated_turns"):
-        console.print(
-            f"[yellow]{report['truncated_turns']} turns were cut at the policy's max_tokens (finish_reason "
-            "length); curate rejects their episodes as 'truncated': raise policy.max_tokens[/yellow]"
-        )
-    if report.get("failed"):
-        console.print(f"[red]{len(report['failed'])} episodes failed (re-run to retry):[/red]")
-        for line in report["failed"][:10]:
-            console.print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def preflight(recipe: CollectRecipe) -> None:
     """Everything that would otherwise fail after the tasks were built: paths, endpoints, task files."""
     check_model_path(recipe.student_tokenizer, "student_tokenizer")
     check_policy(recipe.policy, "policy")
-    check_env(recipe.env)
+    check_env(recipe.environment)
     if recipe.judge is not None:
         check_endpoint(recipe.judge.base_url, recipe.judge.api_key, "judge.base_url")
     check_task_files(recipe.tasks)
@@ -114,7 +114,7 @@ def run_collect(recipe: CollectRecipe, progress: bool = True) -> dict[str, Any]:
                 episodes,
                 policy,
                 tokenizer,
-                recipe.env,
+                recipe.environment,
                 path,
                 make_grader(recipe.judge),
                 recipe.concurrency,

@@ -1,4 +1,4 @@
-"""Stage 1b: trajectories -> SFT dataset (`statelm curate --recipe recipes/<model>/curate.yaml`, SPEC 5).
+"""Stage 1b: trajectories -> SFT dataset (`statelm curate --config recipes/<model>/curate.yaml`, SPEC 5).
 
     reject sampling -> action-type balancing -> segments -> Dataset.save_to_disk(<output_dir>/dataset)
 
@@ -6,7 +6,7 @@ Two passes over the trajectory files, so memory holds one episode at a time: the
 filters every episode and balances the action types of the kept turns; the second cuts the kept
 episodes into segments and streams the rows to an Arrow file. Corrupt or schema-violating lines are
 skipped with file:line and reason, and counted. The dataset replaces the old one only once complete,
-and `<output_dir>/report.json` holds the figures.
+and `<output_dir>/report.json` holds the figures. The recipe is pipeline/curate_recipe.py.
 """
 
 from __future__ import annotations
@@ -17,116 +17,32 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from pipeline.balance import balance_turns, distribution
+from pipeline.curate_recipe import CurateRecipe, FilterConfig, load_curate_recipe
 from pipeline.preflight import check_hub_push, check_model_path
-from pipeline.recipe import load_yaml
 from pipeline.rollout import iter_trajectories
 from pipeline.segments import SegmentError, check_trajectory, segment_trajectory
 from pipeline.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
+__all__ = ["CurateRecipe", "load_curate_recipe", "report_tables", "run_curate"]
 
 REPORT = "report.json"
 DATASET = "dataset"
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipe
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FilterConfig(_Strict):
-    """Reject sampling: which episodes are kept."""
-
-    require_finished: bool = Field(default=True, description="Keep only episodes ended through `finish`.")
-    require_correct: bool = Field(default=True, description="Keep only episodes the grader marked correct.")
-    max_format_errors: int = Field(default=0, ge=0, description="Most format errors a kept episode may have.")
-    max_context_tokens: int | None = Field(
-        default=32000, gt=0, description="Most context tokens (peak over the turns) a kept episode may use."
-    )
-    max_rounds: int | None = Field(default=150, gt=0, description="Most rounds a kept episode may use.")
-
-
-class SegmentConfig(_Strict):
-    """How kept episodes become rows (pipeline/segments.py)."""
-
-    max_turns_per_segment: int | None = Field(default=None, gt=0, description="1 gives per-turn snapshots.")
-    max_tokens_per_segment: int | None = Field(
-        default=None, gt=0, description="Start a new segment before a row grows longer than this."
-    )
-    chat_template_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Passed to the chat template, as at collection (e.g. enable_thinking)."
-    )
-    train_error_turns: bool = Field(
-        default=False, description="Train turns that produced a format error (kept episodes may have some)."
-    )
-
-
-class BalanceConfig(_Strict):
-    """Action-type balancing (pipeline/balance.py): caps on each type's share of the trained turns."""
-
-    max_share: float = Field(default=1.0, ge=0.0, le=1.0, description="Cap for every type without its own.")
-    max_share_by_type: dict[str, float] = Field(
-        default_factory=lambda: {"deleteContext": 0.35}, description="Per-type caps, e.g. deleteContext: 0.35."
-    )
-
-
-class CurateRecipe(_Strict):
-    """Everything `statelm curate` needs."""
-
-    inputs: list[str] = Field(min_length=1, description="Trajectory JSONL files written by `statelm collect`.")
-    output_dir: str = Field(description="Gets dataset/ (save_to_disk) and report.json.")
-    tokenizer: str = Field(description="Path or hub id of the student's tokenizer (its chat template renders rows).")
-    seed: int = 0
-    filters: FilterConfig = Field(default_factory=FilterConfig)
-    segments: SegmentConfig = Field(default_factory=SegmentConfig)
-    balance: BalanceConfig = Field(default_factory=BalanceConfig)
-    push_to_hub: bool = False
-    hub_id: str | None = Field(default=None, description="Dataset repo to push to, e.g. org/statelm-sft.")
-    hub_private: bool = True
-
-    @model_validator(mode="after")
-    def _hub(self) -> CurateRecipe:
-        if self.push_to_hub and not self.hub_id:
-            raise ValueError("push_to_hub needs hub_id")
-        return self
-
-
-def load_curate_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CurateRecipe:
-    """Read and validate a curate recipe; `overrides` (dotted keys, e.g. 'balance.max_share') win; None is unset."""
-    data = load_yaml(path)
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{path}: {key} must be a mapping to override {dotted}")
-        node[leaf] = value
-    try:
-        return CurateRecipe.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: invalid recipe: {problems}") from exc
-
-
-# ---------------------------------------------------------------------------------------------
 # Reject sampling
 
 
-def rejection_reasons(traj: Trajectory, filters: FilterConfig) -> list[str]:
-    """Every reason the episode is not kept (empty when it is kept)."""
+def rejection_reasons(traj: Trajectory, filters: FilterConfig, max_rounds: int | None = None) -> list[str]:
+    """Every reason the episode is not kept (empty when it is kept); `max_rounds` is the environment's."""
     reasons = []
     if not traj.turns:
         reasons.append("no_turns")
@@ -142,7 +58,7 @@ def rejection_reasons(traj: Trajectory, filters: FilterConfig) -> list[str]:
         reasons.append("format_errors")
     if filters.max_context_tokens is not None and traj.peak_context_tokens > filters.max_context_tokens:
         reasons.append("over_context_budget")
-    if filters.max_rounds is not None and max(traj.rounds, len(traj.turns)) > filters.max_rounds:
+    if max_rounds is not None and max(traj.rounds, len(traj.turns)) > max_rounds:
         reasons.append("over_round_budget")
     return reasons
 
@@ -170,84 +86,141 @@ def read_episodes(paths: list[str], errors: list[str], duplicates: list[str]) ->
             yield traj
 
 
+@dataclass
+class Filtered:
+    """What the filter pass found: the kept episodes, the turns to train (id, turn, action) and why others went."""
+
+    episodes_in: int = 0
+    kept: set[str] = field(default_factory=set)
+    candidates: list[tuple[str, int, str]] = field(default_factory=list)
+    rejections: Counter[str] = field(default_factory=Counter)
+    read_errors: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    untrained_by_policy: int = 0
+
+
 def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
     """Filter, balance, segment and save; returns (and writes) the report."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     started = time.time()
-    for path in recipe.inputs:  # before any work: a missing file, tokenizer or Hub login fails in one line
+    _preflight(recipe)
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer)
+
+    found = filter_episodes(recipe, progress)
+    masked = balance_turns(found.candidates, recipe.balance.max_share, recipe.balance.max_share_by_type, recipe.seed)
+    trained: dict[str, set[int]] = {}
+    for episode_id, index, _ in found.candidates:
+        if (episode_id, index) not in masked:
+            trained.setdefault(episode_id, set()).add(index)
+
+    scratch = out / f".{DATASET}.arrow"
+    figures, breaks, trained_actions = write_segments(recipe, tokenizer, found, trained, scratch, progress)
+    if figures["rows"] == 0:
+        scratch.unlink(missing_ok=True)
+        raise ValueError(f"no rows to write: {found.episodes_in} episodes read, rejections {dict(found.rejections)}")
+    dataset = Dataset.from_file(str(scratch))
+    _save_atomically(dataset, out / DATASET, progress)
+    del dataset
+    scratch.unlink(missing_ok=True)
+
+    before = distribution(action for _, _, action in found.candidates)
+    report = {
+        "stage": "curate",
+        "inputs": recipe.inputs,
+        "tokenizer": recipe.tokenizer,
+        "dataset": str(out / DATASET),
+        "hub_id": recipe.hub_id if recipe.push_to_hub else None,
+        "episodes_in": found.episodes_in,
+        "episodes_kept": len(found.kept),
+        "rejections": dict(found.rejections.most_common()),
+        "skipped_lines": found.read_errors,
+        "duplicate_episodes": found.duplicates,
+        "invalid_episodes": found.invalid,
+        **{key: figures[key] for key in ("rows", "tokens", "trained_tokens", "trained_turns")},
+        "snapshot_rows": figures["trained_turns"],
+        "snapshot_tokens": figures["snapshot_tokens"],
+        "segment_to_snapshot_tokens": figures["tokens"] / figures["snapshot_tokens"],
+        "segments_without_trained_turns": figures["segments_without_trained_turns"],
+        "segment_breaks": dict(breaks.most_common()),
+        "prompt_token_mismatches": figures["prompt_token_mismatches"],
+        "actions_before": before,
+        "actions_after": {action: trained_actions.get(action, 0) for action in before},
+        "masked_by_balancing": len(masked),
+        "masked_by_policy": found.untrained_by_policy,
+        "recipe": recipe.model_dump(),
+        "seconds": round(time.time() - started, 2),
+    }
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if recipe.push_to_hub:  # after report.json: a failed push loses neither the dataset nor its figures
+        Dataset.load_from_disk(str(out / DATASET)).push_to_hub(recipe.hub_id, private=recipe.hub_private)
+    return report
+
+
+def _preflight(recipe: CurateRecipe) -> None:
+    """Before any work: a missing file, tokenizer or Hub login fails in one line."""
+    for path in recipe.inputs:
         if not Path(path).is_file():
             raise FileNotFoundError(f"inputs: trajectory file not found: {path}")
     check_model_path(recipe.tokenizer, "tokenizer")
     if recipe.push_to_hub:
         check_hub_push(recipe.hub_id, "hub_id")
-    out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer)
-    seg = recipe.segments
 
-    # Pass 1: reject sampling; the action types of the turns to train
-    figures: Counter[str] = Counter()
-    read_errors: list[str] = []
-    duplicates: list[str] = []
-    rejections: Counter[str] = Counter()
-    invalid: list[str] = []
-    kept: set[str] = set()
-    candidates: list[tuple[str, int, str]] = []
-    episodes_in = 0
-    episodes = read_episodes(recipe.inputs, read_errors, duplicates)
+
+def filter_episodes(recipe: CurateRecipe, progress: bool = True) -> Filtered:
+    """Pass 1: reject sampling over every input episode, and the action types of the turns to train."""
+    found = Filtered()
+    episodes = read_episodes(recipe.inputs, found.read_errors, found.duplicates)
     for traj in tqdm(episodes, desc="filter", unit="ep", disable=not progress):
-        episodes_in += 1
-        reasons = rejection_reasons(traj, recipe.filters)
+        found.episodes_in += 1
+        reasons = rejection_reasons(traj, recipe.filters, recipe.max_rounds)
         if not reasons:
             try:
                 check_trajectory(traj)
             except SegmentError as exc:
                 reasons = ["invalid_record"]
-                invalid.append(str(exc))
-        rejections.update(reasons)
+                found.invalid.append(str(exc))
+        found.rejections.update(reasons)
         if reasons:
             continue
-        kept.add(traj.episode_id)
-        figures["untrained_by_policy"] += sum(not t.trained for t in traj.turns)
-        candidates += [
+        found.kept.add(traj.episode_id)
+        found.untrained_by_policy += sum(not t.trained for t in traj.turns)
+        found.candidates += [
             (traj.episode_id, t.index, t.action)
-            for t in traj.turns
-            if t.trained and (seg.train_error_turns or not t.format_errors)  # trained=False: the policy's own mask
+            for t in traj.turns  # trained=False: the policy's own mask
+            if t.trained and (recipe.segments.train_error_turns or not t.format_errors)
         ]
-    for problem in read_errors + duplicates:
+    for problem in found.read_errors + found.duplicates:
         logger.warning("skipped %s", problem)
-    rejections.update({"corrupt_line": len(read_errors), "duplicate_episode": len(duplicates)})
-    rejections = +rejections  # drop zero counts
+    found.rejections.update({"corrupt_line": len(found.read_errors), "duplicate_episode": len(found.duplicates)})
+    found.rejections = +found.rejections  # drop zero counts
+    return found
 
-    # Balance the action types over the whole dataset
-    masked = balance_turns(candidates, recipe.balance.max_share, recipe.balance.max_share_by_type, recipe.seed)
-    trained: dict[str, set[int]] = {}
-    for episode_id, index, _ in candidates:
-        if (episode_id, index) not in masked:
-            trained.setdefault(episode_id, set()).add(index)
 
-    # Pass 2: segments, streamed to an Arrow file
+def write_segments(
+    recipe: CurateRecipe, tokenizer: Any, found: Filtered, trained: dict[str, set[int]], scratch: Path, progress: bool
+) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    """Pass 2: the kept episodes cut into segments, streamed to an Arrow file; (figures, breaks, trained actions).
+    An episode that fails to segment is rejected as `invalid_record` (in `found`)."""
+    figures: Counter[str] = Counter()
     breaks: Counter[str] = Counter()
     trained_actions: Counter[str] = Counter()
-    scratch = out / f".{DATASET}.arrow"
+    seg = recipe.segments
     with _RowWriter(scratch) as writer:
-        episodes = (t for t in read_episodes(recipe.inputs, [], []) if t.episode_id in kept)
-        for traj in tqdm(episodes, total=len(kept), desc="segments", unit="ep", disable=not progress):
+        episodes = (t for t in read_episodes(recipe.inputs, [], []) if t.episode_id in found.kept)
+        for traj in tqdm(episodes, total=len(found.kept), desc="segments", unit="ep", disable=not progress):
             try:
-                segments = segment_trajectory(
-                    tokenizer,
-                    traj,
-                    trained.get(traj.episode_id, set()),
-                    seg.max_turns_per_segment,
-                    seg.max_tokens_per_segment,
-                    seg.chat_template_kwargs,
-                )
+                segments = segment_trajectory(tokenizer, traj, trained.get(traj.episode_id, set()),
+                                              seg.max_turns_per_segment, seg.max_tokens_per_segment,
+                                              recipe.chat_template_kwargs)  # fmt: skip
             except SegmentError as exc:
-                rejections["invalid_record"] += 1
-                invalid.append(str(exc))
-                kept.discard(traj.episode_id)
+                found.rejections["invalid_record"] += 1
+                found.invalid.append(str(exc))
+                found.kept.discard(traj.episode_id)
                 continue
             for segment in segments:
                 breaks[segment.break_reason] += 1
@@ -259,62 +232,23 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
                     figures["segments_without_trained_turns"] += 1
                     continue
                 writer.write(segment.to_row())
-                figures["rows"] += 1
-                figures["tokens"] += segment.n_tokens
-                figures["trained_tokens"] += segment.n_trained_tokens
-                figures["snapshot_tokens"] += segment.snapshot_tokens
-                figures["trained_turns"] += len(segment.trained_turns)
+                figures.update(
+                    rows=1,
+                    tokens=segment.n_tokens,
+                    trained_tokens=segment.n_trained_tokens,
+                    snapshot_tokens=segment.snapshot_tokens,
+                    trained_turns=len(segment.trained_turns),
+                )
                 trained_actions.update(a for a, t in zip(segment.action_types, segment.trained, strict=True) if t)
-    for problem in invalid:
+    for problem in found.invalid:
         logger.warning("rejected %s", problem)
     if figures["prompt_token_mismatches"]:
         logger.warning(
             "%d turns render to a prompt of another length than the environment counted at collection: the rows "
-            "differ from what the policy saw. Check `tokenizer` and `segments.chat_template_kwargs` (enable_thinking).",
+            "differ from what the policy saw. Check `tokenizer` and `environment.enable_thinking`.",
             figures["prompt_token_mismatches"],
         )
-    if figures["rows"] == 0:
-        scratch.unlink(missing_ok=True)
-        raise ValueError(f"no rows to write: {episodes_in} episodes read, rejections {dict(rejections)}")
-
-    dataset = Dataset.from_file(str(scratch))
-    _save_atomically(dataset, out / DATASET, progress)
-    del dataset
-    scratch.unlink(missing_ok=True)
-    before = distribution(action for _, _, action in candidates)
-    report = {
-        "stage": "curate",
-        "inputs": recipe.inputs,
-        "tokenizer": recipe.tokenizer,
-        "dataset": str(out / DATASET),
-        "hub_id": recipe.hub_id if recipe.push_to_hub else None,
-        "episodes_in": episodes_in,
-        "episodes_kept": len(kept),
-        "rejections": dict(rejections.most_common()),
-        "skipped_lines": read_errors,
-        "duplicate_episodes": duplicates,
-        "invalid_episodes": invalid,
-        "rows": figures["rows"],
-        "tokens": figures["tokens"],
-        "trained_tokens": figures["trained_tokens"],
-        "trained_turns": figures["trained_turns"],
-        "snapshot_rows": figures["trained_turns"],
-        "snapshot_tokens": figures["snapshot_tokens"],
-        "segment_to_snapshot_tokens": figures["tokens"] / figures["snapshot_tokens"],
-        "segments_without_trained_turns": figures["segments_without_trained_turns"],
-        "segment_breaks": dict(breaks.most_common()),
-        "prompt_token_mismatches": figures["prompt_token_mismatches"],
-        "actions_before": before,
-        "actions_after": {action: trained_actions.get(action, 0) for action in before},
-        "masked_by_balancing": len(masked),
-        "masked_by_policy": figures["untrained_by_policy"],
-        "recipe": recipe.model_dump(),
-        "seconds": round(time.time() - started, 2),
-    }
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if recipe.push_to_hub:  # after report.json: a failed push loses neither the dataset nor its figures
-        Dataset.load_from_disk(str(out / DATASET)).push_to_hub(recipe.hub_id, private=recipe.hub_private)
-    return report
+    return figures, breaks, trained_actions
 
 
 class _RowWriter:

@@ -4,7 +4,7 @@ Stages: tiny model -> tasks (training and held-out) -> scripted-teacher collecti
 evaluation of the untrained, SFT and GRPO models beside the scripted expert and the no-tools baseline. The held-out
 tasks come from generator seeds never used for training, and the demo checks that no held-out question was seen.
 Every stage runs through the recipes and entry points a user runs by hand: the demo writes those recipes to
-`<out>/recipes/`, so any stage can be re-run alone (`statelm sft --recipe <out>/recipes/sft.yaml`). Stages resume
+`<out>/recipes/`, so any stage can be re-run alone (`statelm sft --config <out>/recipes/sft.yaml`). Stages resume
 like their commands do: a re-run reuses the model, skips collected episodes and finished training.
 """
 
@@ -152,7 +152,7 @@ def collect_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
             "chunk_size": profile.expert_chunk_size,
             "recovery_share": profile.recovery_share,
         },
-        "env": env_block(profile),
+        "environment": env_block(profile),
     }
 
 
@@ -164,6 +164,7 @@ def curate_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
         "seed": 0,
         "filters": {"require_finished": True, "require_correct": True, "max_format_errors": 0},
         "balance": {"max_share": 1.0, "max_share_by_type": {"deleteContext": 0.35}},
+        "environment": env_block(profile),  # the one the episodes were played in (its max_rounds filters)
     }
 
 
@@ -209,7 +210,6 @@ def sft_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
 
 
 def grpo_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
-    env = {k: v for k, v in env_block(profile).items() if k != "max_output_tokens"}  # = max_completion_length
     return {
         "model_name_or_path": str(out / "sft"),
         "tasks": [{"file": str(out / "tasks" / "grpo.jsonl")}],
@@ -217,10 +217,9 @@ def grpo_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
         "tasks_per_generation": profile.grpo_tasks_per_step,
         "max_segments_per_episode": profile.grpo_segments,
         "advantage": "grpo",
-        "environment": env,
+        "environment": env_block(profile),  # its max_output_tokens is GRPO's max_completion_length
         "use_vllm": False,
         "prefix_cache": True,
-        "max_completion_length": profile.turn_tokens,
         "temperature": 1.0,
         "top_p": 1.0,
         "output_dir": str(out / "grpo"),
@@ -235,8 +234,9 @@ def grpo_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
 
 def eval_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
     dtype = "bfloat16" if profile.bf16 else "auto"
-    hf = {"kind": "hf", "max_tokens": profile.turn_tokens, "dtype": dtype,
-          "max_batch_size": 16}  # 64 contexts of up to 5.5K tokens in one batch: 18.7 GB, the OOM killer (measured)
+    # the per-turn cap is environment.max_output_tokens; 16 per batch: 64 contexts of up to 5.5K tokens in one
+    # batch took 18.7 GB, the OOM killer (measured)
+    hf = {"kind": "hf", "dtype": dtype, "max_batch_size": 16}
     models = {
         name: {**hf, "model": str(out / folder), "temperature": 0.0}
         for name, folder in zip(SYSTEMS, ("model", "sft", "grpo"), strict=True)
@@ -258,7 +258,7 @@ def eval_recipe(out: Path, profile: DemoProfile) -> dict[str, Any]:
         "no_tools_max_tokens": profile.max_context_tokens,
         "concurrency": 64,
         "imitation_episodes": 8,
-        "env": env_block(profile),
+        "environment": env_block(profile),
     }
 
 
@@ -322,18 +322,19 @@ def run_trl_stage(module: str, recipe: Path) -> dict[str, Any]:
     """SFT or GRPO in this process, parsed from the recipe exactly as `accelerate launch -m <module>` would."""
     import importlib
 
+    from pipeline.trl_recipe import parse_recipe
+
     stage = importlib.import_module(module)
-    script_args, training_args, model_args = stage.make_parser().parse_args_and_config(["--config", str(recipe)])
-    script_args.recipe = str(recipe)
-    return stage.main(script_args, training_args, model_args)
+    return stage.main(*parse_recipe(stage.make_parser(), ["--config", str(recipe)]))
 
 
 def run_demo(out: Path, profile: DemoProfile, console: Console | None = None) -> dict[str, Any]:
     """Run every stage in order and write `<out>/summary.json` and `<out>/summary.md`."""
     from pipeline.collect import run_collect
+    from pipeline.config import load_recipe
     from pipeline.curate import load_curate_recipe, run_curate
     from pipeline.evaluate import run_eval
-    from pipeline.recipe import EvalRecipe, load_collect_recipe, load_recipe
+    from pipeline.recipe import EvalRecipe, load_collect_recipe
 
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ def preflight(recipe: EvalRecipe) -> None:
     check_model_path(recipe.tokenizer_path(), "student_tokenizer")
     if recipe.no_tools_model is not None and recipe.no_tools_model not in recipe.models:
         raise PreflightError(f"no_tools_model: {recipe.no_tools_model!r} is not one of models {sorted(recipe.models)}")
-    check_env(recipe.env)
+    check_env(recipe.environment)
     if recipe.judge is not None:
         check_endpoint(recipe.judge.base_url, recipe.judge.api_key, "judge.base_url")
     check_task_files(recipe.tasks)
@@ -207,7 +207,7 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     grader = make_grader(recipe.judge)
     systems: dict[str, PolicySpec] = dict(recipe.models)
     if "scripted" in recipe.baselines:  # the RLM environment has its own expert (code, not tool calls)
-        default = PolicySpec(kind="scripted_rlm" if recipe.env.kind == "rlm" else "scripted")
+        default = PolicySpec(kind="scripted_rlm" if recipe.environment.kind == "rlm" else "scripted")
         systems["scripted_expert"] = recipe.expert or default
     # The expert plays first, so each local model can be scored on its episodes while the model is still loaded
     order = sorted(systems, key=lambda name: name != "scripted_expert")
@@ -218,7 +218,7 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
         path = out_dir / name / "trajectories.jsonl"
         played_episodes = _episodes_for(systems[name], tasks, episodes, tokenizer, recipe)
         try:
-            run = asyncio.run(collect(played_episodes, policy, tokenizer, recipe.env, path, grader,
+            run = asyncio.run(collect(played_episodes, policy, tokenizer, recipe.environment, path, grader,
                                       recipe.concurrency, recipe.rewards, progress))  # fmt: skip
             trajectories = list(iter_trajectories(path))
             played[name] = {**episode_report(trajectories), "failed": run["failed"]}
@@ -231,7 +231,7 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
         finally:
             asyncio.run(policy.aclose())
         picks = _sawtooth_picks(trajectories, recipe.sawtooth_episodes)
-        budget = getattr(recipe.env, "max_context_tokens", None)
+        budget = getattr(recipe.environment, "max_context_tokens", None)
         plot = sawtooth_plot(picks, out_dir / f"sawtooth_{name}.png", f"Active context per turn: {name}", budget)
         played[name]["sawtooth_plot"] = plot.name
     report: dict[str, Any] = {"tasks": len(tasks), "systems": {name: played[name] for name in systems}}
@@ -289,7 +289,7 @@ def _scores_imitation(recipe: EvalRecipe, policy: Any, expert_episodes: list[Tra
         and bool(expert_episodes)
         and isinstance(policy, HFPolicy)
         and policy.temperature == 0
-        and recipe.env.kind != "rlm"
+        and recipe.environment.kind != "rlm"
     )
 
 

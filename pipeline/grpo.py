@@ -233,8 +233,6 @@ def _run_from_command_line() -> None:
     from pipeline.trl_recipe import parse_recipe
 
     script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
-    if script_args.recipe is None and "--config" in sys.argv[:-1]:
-        script_args.recipe = sys.argv[sys.argv.index("--config") + 1]
     main(script_args, training_args, model_args)
 
 

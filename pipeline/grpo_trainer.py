@@ -169,6 +169,7 @@ class StateLMGRPOConfig(GRPOConfig):
             )
         self.steps_per_generation = self.gradient_accumulation_steps = steps
         super().__post_init__()
+        self._from_environment()
         if self.world_size != world_size:
             raise RuntimeError(f"WORLD_SIZE={world_size} but the distributed state has {self.world_size} processes")
         self.rewards = dict(DEFAULT_REWARD_WEIGHTS if self.rewards is None else self.rewards)
@@ -184,6 +185,17 @@ class StateLMGRPOConfig(GRPOConfig):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"environment / curriculum: {problems}") from exc
+
+    def _from_environment(self) -> None:
+        """The student's per-turn cap and chat-template kwargs are the environment's (set once for every stage)."""
+        try:
+            env = env_config(self.environment)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"environment: {problems}") from exc
+        self.max_completion_length = getattr(env, "max_output_tokens", self.max_completion_length)
+        if getattr(env, "enable_thinking", None) is not None:
+            self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": env.enable_thinking}
 
     @property
     def episodes_per_process(self) -> int:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.config import load_recipe
 from pipeline.env.pensieve import EnvConfig
 from pipeline.env.registry import env_config
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
@@ -59,10 +59,17 @@ class PolicySpec(_Strict):
     temperature: float = 0.7
     top_p: float = 0.8
     top_k: int = 20
-    max_tokens: int = Field(default=2048, description="Output cap per turn.")
+    max_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Output cap per turn of this policy; default: environment.max_output_tokens (the student's cap). "
+        "A teacher's own cap goes here, e.g. room for Qwen3's thinking.",
+    )
     timeout: float = 600.0
     max_retries: int = 5
-    enable_thinking: bool | None = None
+    enable_thinking: bool | None = Field(
+        default=None, description="Chat-template enable_thinking of this policy; default: environment.enable_thinking."
+    )
     chunk_size: int | None = Field(
         default=None, gt=0, description="scripted: chunk size the expert indexes with (smaller: shorter contexts)."
     )
@@ -104,7 +111,11 @@ class CollectRecipe(_Strict):
     student_tokenizer: str = Field(description="Path or hub id of the student's tokenizer (budgets count with it).")
     tasks: list[GeneratedTasks | TaskFile]
     policy: PolicySpec
-    env: Any = Field(default_factory=EnvConfig, description="Environment kind and its settings (env.registry).")
+    environment: Any = Field(
+        default_factory=EnvConfig,
+        description="Environment kind and settings (env.registry), or the path of the shared env file "
+        "(relative to this recipe).",
+    )
     samples_per_task: int = Field(default=1, gt=0)
     concurrency: int = Field(default=8, gt=0)
     seed: int = 0
@@ -118,23 +129,14 @@ class CollectRecipe(_Strict):
         "`statelm collect` exits non-zero (3); 0: any failed episode does.",
     )
 
-    @field_validator("env", mode="before")
+    @field_validator("environment", mode="before")
     @classmethod
     def _env(cls, value: Any) -> BaseModel:
         return env_config(value)
 
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
-    return data
+    @model_validator(mode="after")
+    def _policy_defaults(self) -> Any:
+        return _fill_policies(self)
 
 
 def load_collect_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CollectRecipe:
@@ -158,7 +160,11 @@ class EvalRecipe(_Strict):
     no_tools_model: str | None = Field(default=None, description="Label of the model for the no-tools baseline.")
     no_tools_max_tokens: int = Field(default=32000, description="Prompt + output window of the no-tools baseline.")
     no_tools_max_output_tokens: int = 64
-    env: Any = Field(default_factory=EnvConfig)
+    environment: Any = Field(
+        default_factory=EnvConfig,
+        description="Environment kind and settings (env.registry), or the path of the shared env file "
+        "(relative to this recipe).",
+    )
     samples_per_task: int = Field(default=1, gt=0)
     concurrency: int = Field(default=4, gt=0)
     seed: int = 0
@@ -174,10 +180,14 @@ class EvalRecipe(_Strict):
         default=None, gt=0, description="Score imitation on the first N expert episodes only (default: all)."
     )
 
-    @field_validator("env", mode="before")
+    @field_validator("environment", mode="before")
     @classmethod
     def _env(cls, value: Any) -> BaseModel:
         return env_config(value)
+
+    @model_validator(mode="after")
+    def _policy_defaults(self) -> Any:
+        return _fill_policies(self)
 
     def tokenizer_path(self) -> str:
         if self.student_tokenizer:
@@ -188,12 +198,23 @@ class EvalRecipe(_Strict):
         raise ValueError("eval recipe: set student_tokenizer (no HF model to take the tokenizer from)")
 
 
-def load_recipe(model: type[BaseModel], path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
-    """Read and validate any recipe model; errors name the file and the field."""
-    data = load_yaml(path)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: invalid recipe: {problems}") from exc
+def _fill_policies(recipe: Any) -> Any:
+    """Each policy's unset per-turn cap and enable_thinking come from the environment, where they are set once."""
+    env = recipe.environment
+    defaults = {
+        "max_tokens": getattr(env, "max_output_tokens", None),
+        "enable_thinking": getattr(env, "enable_thinking", None),
+    }
+
+    def fill(spec: PolicySpec | None) -> PolicySpec | None:
+        if spec is None:
+            return None
+        update = {k: v for k, v in defaults.items() if getattr(spec, k) is None and v is not None}
+        return spec.model_copy(update=update) if update else spec
+
+    for name in ("policy", "expert"):
+        if hasattr(recipe, name):
+            setattr(recipe, name, fill(getattr(recipe, name)))
+    if hasattr(recipe, "models"):
+        recipe.models = {label: fill(spec) for label, spec in recipe.models.items()}
+    return recipe

@@ -163,7 +163,7 @@ def test_curate_push_without_a_token_fails_first_and_keeps_the_old_dataset(tmp_p
         tmp_path / "c.yaml",
         {"inputs": [str(trajectories)], "output_dir": str(tmp_path / "out"), "tokenizer": str(tmp_path)},
     )
-    result = invoke("curate", "--recipe", str(recipe), "--hub-id", "me/data", "--no-progress")
+    result = invoke("curate", "--recipe", str(recipe), "--push-to-hub", "--hub-id", "me/data", "--no-progress")
     assert_short_error(result, "hub_id", "me/data", "token")
     assert (old / "keep.txt").read_text() == "an earlier dataset"
     assert not (tmp_path / "out" / "report.json").exists()
@@ -203,7 +203,7 @@ def test_curate_push_that_fails_keeps_the_dataset_and_report(
         {"inputs": [str(tmp_path / "out" / "trajectories.jsonl")], "output_dir": str(tmp_path / "cur"),
          "tokenizer": str(tiny_model_dir)},
     )  # fmt: skip
-    result = invoke("curate", "--recipe", str(recipe), "--hub-id", "me/data", "--no-progress")
+    result = invoke("curate", "--recipe", str(recipe), "--push-to-hub", "--hub-id", "me/data", "--no-progress")
     assert_short_error(result, "cannot reach the network service", "Connection refused")
     assert json.loads((tmp_path / "cur" / "report.json").read_text())["hub_id"] == "me/data"
     assert (tmp_path / "cur" / "dataset" / "dataset_info.json").is_file()

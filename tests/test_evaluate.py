@@ -43,7 +43,7 @@ def test_eval_reports_model_and_baselines_with_plots(tiny_model_dir, tmp_path):
         "expert": {"kind": "scripted", "chunk_size": 700},
         "no_tools_max_tokens": 2600,
         "no_tools_max_output_tokens": 8,
-        "env": {"max_rounds": 14},
+        "environment": {"max_rounds": 14},
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(app, ["eval", "--recipe", str(tmp_path / "eval.yaml"), "--no-progress"])

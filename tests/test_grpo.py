@@ -43,8 +43,7 @@ SMALL = {
     "tasks_per_generation": 1,
     "max_segments_per_episode": 2,
     "per_device_train_batch_size": 1,
-    "max_completion_length": 16,
-    "environment": {"max_context_tokens": 32000, "max_rounds": 8, "max_format_errors": 2},
+    "environment": {"max_context_tokens": 32000, "max_output_tokens": 16, "max_rounds": 8, "max_format_errors": 2},
     "max_steps": 2,
     "save_steps": 1,
     "beta": 0.001,
@@ -315,7 +314,7 @@ def budget_that_splits_groups(recipe: Path) -> int:
     episodes = trainer._play([task] * 8, [f"probe#{i}" for i in range(8)])
     after_first = sorted({e.trajectory.turns[0].context_tokens_after for e in episodes})
     assert len(after_first) >= 2, f"every first turn grew the context alike: {after_first}"
-    # over budget when context + max_completion_length > max_context_tokens
+    # over budget when context + max_output_tokens (= max_completion_length) > max_context_tokens
     return after_first[(len(after_first) - 1) // 2] + trainer.args.max_completion_length
 
 
@@ -329,7 +328,7 @@ def test_zero2_two_processes_learn_killed_and_resumed(micro_model_dir, tmp_path)
     settings = dict(tasks=one_task, num_episodes_per_task=4, max_steps=3)
     recipe = small_recipe(tmp_path / "r.yaml", micro_model_dir, out, **settings)
     budget = budget_that_splits_groups(recipe)
-    environment = {"max_context_tokens": budget, "max_rounds": 8, "max_format_errors": 5}
+    environment = {"max_context_tokens": budget, "max_output_tokens": 16, "max_rounds": 8, "max_format_errors": 5}
     rewards = {**DEFAULT_REWARD_WEIGHTS, "format_errors": -0.1}
     recipe = small_recipe(
         tmp_path / "r.yaml", micro_model_dir, out, environment=environment, rewards=rewards, **settings

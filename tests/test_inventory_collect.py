@@ -24,7 +24,7 @@ def write_recipe(path: Path, model_dir: Path, out: Path, tasks: list[dict], **ex
         "student_tokenizer": str(model_dir),
         "tasks": tasks,
         "policy": {"kind": "scripted"},
-        "env": {"kind": "inventory"},
+        "environment": {"kind": "inventory"},
         "concurrency": 2,
         **extra,
     }
@@ -69,7 +69,7 @@ def test_random_hf_model_ends_every_episode_without_exceptions(tiny_model_dir, t
 
 def test_shipped_recipes_validate_and_the_tiny_one_runs(tiny_model_dir, tmp_path):
     big = load_collect_recipe(RECIPES / "qwen3-8b" / "inventory_teacher.yaml")
-    assert big.env.kind == "inventory" and {t.generator for t in big.tasks} == {"inventory"}
+    assert big.environment.kind == "inventory" and {t.generator for t in big.tasks} == {"inventory"}
     overrides = {"output_dir": str(tmp_path / "out"), "student_tokenizer": str(tiny_model_dir)}
     tiny = load_collect_recipe(RECIPES / "tiny" / "inventory_teacher.yaml", overrides)
     report = run_collect(tiny, progress=False)

@@ -27,7 +27,7 @@ def collect(tmp_path: Path, model_dir: Path, tasks: list[dict], policy: dict, en
         "student_tokenizer": str(model_dir),
         "tasks": tasks,
         "policy": policy,
-        "env": env,
+        "environment": env,
         "concurrency": 3,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -80,4 +80,4 @@ def test_random_hf_model_as_root_or_sub_model_never_crashes_a_run(tiny_model_dir
 def test_the_rlm_recipes_validate():
     for path in ("recipes/tiny/rlm_teacher.yaml", "recipes/qwen3-8b/rlm_teacher.yaml"):
         recipe = load_collect_recipe(path)
-        assert recipe.env.kind == "rlm" and recipe.env.sub_model is not None
+        assert recipe.environment.kind == "rlm" and recipe.environment.sub_model is not None

@@ -64,7 +64,7 @@ def write(path: Path, data: dict) -> Path:
 
 def collect(tmp_path: Path, model: Path, tasks: list[dict], policy: str, env: dict) -> dict:
     recipe = {"output_dir": str(tmp_path / "collect"), "student_tokenizer": str(model), "tasks": tasks,
-              "policy": {"kind": policy}, "env": env, "concurrency": 2}  # fmt: skip
+              "policy": {"kind": policy}, "environment": env, "concurrency": 2}  # fmt: skip
     return run_collect(load_collect_recipe(write(tmp_path / "collect.yaml", recipe)), progress=False)
 
 
@@ -101,7 +101,8 @@ def run_grpo(recipe: Path, **flags: object) -> dict:
 def grpo_recipe(tmp_path: Path, variant: str, model: Path, **fields) -> Path:
     recipe = yaml.safe_load((RECIPES / "tiny" / f"{variant}_grpo.yaml").read_text())
     recipe.update(model_name_or_path=str(model), output_dir=str(tmp_path / "grpo"), num_episodes_per_task=2,
-                  max_segments_per_episode=2, max_completion_length=16, save_steps=1, **fields)  # fmt: skip
+                  max_segments_per_episode=2, save_steps=1, **fields)  # fmt: skip
+    recipe["environment"] = {**recipe["environment"], "max_output_tokens": 16}  # the per-turn cap
     return write(tmp_path / "grpo.yaml", recipe)
 
 
@@ -114,7 +115,7 @@ def evaluate(tmp_path: Path, model: Path, tasks: list[dict], env: dict) -> dict:
     recipe = {"output_dir": str(tmp_path / "eval"), "student_tokenizer": str(model), "tasks": tasks,
               "models": {"trained": {"kind": "hf", "model": str(tmp_path / "grpo"), "temperature": 0.0,
                                      "max_tokens": 16}},
-              "baselines": ["scripted"], "env": {**env, "max_output_tokens": 16}, "concurrency": 2}  # fmt: skip
+              "baselines": ["scripted"], "environment": {**env, "max_output_tokens": 16}, "concurrency": 2}  # fmt: skip
     return run_eval(load_recipe(EvalRecipe, write(tmp_path / "eval.yaml", recipe)), progress=False)
 
 
@@ -245,7 +246,7 @@ def test_variant_recipe_loads(name):
     path = RECIPES / name
     variant, stage = path.stem.split("_", 1)
     if stage == "teacher":
-        assert load_collect_recipe(path).env.kind == variant
+        assert load_collect_recipe(path).environment.kind == variant
     elif stage == "curate":
         recipe = load_curate_recipe(path)
         assert recipe.inputs and all(f"{variant}_collect" in i for i in recipe.inputs)
@@ -266,4 +267,4 @@ def test_variant_recipe_loads(name):
             assert len(CurriculumConfig.model_validate(training_args.curriculum).stages) >= 3
     else:
         recipe = load_recipe(EvalRecipe, path)
-        assert recipe.env.kind == variant and recipe.baselines == ["scripted"]
+        assert recipe.environment.kind == variant and recipe.baselines == ["scripted"]
