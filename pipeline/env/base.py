@@ -1,52 +1,24 @@
 """What every environment shares (SPEC 2): the bookkeeping of an episode, so each one supplies only its turns.
 
-`pipeline/rollout.py` drives any object with the `Environment` shape, so a new environment plugs into
-collect, curate, GRPO and eval by producing the same trajectory records. `BaseEnv` is that shape with
-the bookkeeping done once: the message table (every message version stored once) and the live context
-(table rows), rendering and token counts in the student's tokenizer, message ids, the format-error and
-budget end states, the turn records, the trajectory record, and the environment's rubric (its named
-reward components, pipeline/rewards.py) and evaluation figures. A subclass writes `step` (its turn
-logic, ending with `_record_turn`) and its tools; it may override `_over_budget`, `episode_metadata`,
-`recorded_input_tokens` and `eval_figures`, and set `rubric` to add reward components of its own.
+`pipeline/rollout.py` drives any `BaseEnv` (`name`, `tools`, `done`, `end_state`, `answer`, `messages()`,
+`step(raw_text)`, `trajectory(...)`), so a new environment plugs into collect, curate, GRPO and eval by
+producing the same trajectory records. `BaseEnv` does the bookkeeping once: the message table (every
+message version stored once) and the live context (table rows), rendering and token counts in the
+student's tokenizer, message ids, the format-error and budget end states, the turn records, the
+trajectory record, and the environment's rubric (its named reward components, pipeline/rewards.py) and
+evaluation figures. A subclass writes `step` (its turn logic, ending with `_record_turn`) and its tools;
+it may override `_over_budget`, `episode_metadata`, `recorded_input_tokens` and `eval_figures`, and set
+`rubric` to add reward components of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from pipeline.rewards import DEFAULT_RUBRIC, Rubric
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import MessageRecord, Trajectory, Turn
-
-
-class Environment(Protocol):
-    name: str
-    tools: list[dict[str, Any]]  # JSON schemas given to the chat template ([] when the env uses none)
-    done: bool
-    end_state: str | None  # finished | over_budget | malformed | max_rounds, once done
-    answer: str | None
-
-    def messages(self) -> list[dict[str, str]]:
-        """The context the policy sees now, as chat messages."""
-        ...
-
-    def step(self, raw_text: str) -> Any:
-        """Apply one raw assistant message; never raises on model output."""
-        ...
-
-    def trajectory(
-        self,
-        episode_id: str,
-        task_id: str,
-        policy: str,
-        seed: int,
-        correct: bool,
-        weights: dict[str, float] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Trajectory:
-        """The finished episode as a record."""
-        ...
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.env.base import BaseEnv, Environment
+from pipeline.env.base import BaseEnv
 from pipeline.env.inventory import InventoryConfig, InventoryEnv
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.env.rlm import RLMConfig, RLMEnv
@@ -42,7 +42,7 @@ def env_class(config: Any) -> type[BaseEnv]:
     return ENVIRONMENTS[env_config(config).kind][1]  # type: ignore[attr-defined]
 
 
-def make_env(task: Task, tokenizer: Any, config: Any, sub_policy: Any = None) -> Environment:
+def make_env(task: Task, tokenizer: Any, config: Any, sub_policy: Any = None) -> BaseEnv:
     """Build the environment named by `config.kind` for one episode of `task`.
 
     `sub_policy`: the model behind an RLM's `llm_query` (pipeline.policies.factory.sub_policy_for builds it

@@ -1,10 +1,10 @@
 """The RLM environment (recursive language model, SPEC 2): the input lives in a Python REPL.
 
 The model never sees the input. It writes ```python blocks; each runs in a sandboxed REPL process
-(`pipeline/env/sandbox.py`) where the input is the string `context`, the state persists across
-turns, and `llm_query(prompt)` / `llm_query_batched(prompts)` ask a sub-model (any policy, run by the
-host with bounded parallelism). The model answers by filling the dict `answer` and setting
-`answer["ready"] = True`; the episode ends after that block.
+(`pipeline/env/sandbox.py`) where the input is the string `context`, the state persists across turns, and
+`llm_query(prompt)` / `llm_query_batched(prompts)` ask a sub-model (any policy, built by the caller and
+passed in as `sub_policy`, run with bounded parallelism). The model answers by filling the dict `answer`
+and setting `answer["ready"] = True`; the episode ends after that block.
 
 `step(raw_text)` appends the assistant message, runs its blocks in order, and appends one tool
 message per block with the block's output (cut to `max_output_chars`, with a note saying so). Each
