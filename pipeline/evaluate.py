@@ -3,9 +3,10 @@
 Each system (a model under test, the scripted expert, the plain model reading everything without
 tools) writes its own resumable files under `<output_dir>/<system>/`; the report is computed from
 them: accuracy by task source and input-length bucket, end states, tool calls and error rate,
-mean/peak active context, rounds, plus a sawtooth plot and accuracy by input length. The variants add
-their own figures: Inventory the share of turns whose carried inventory was right, RLM the REPL and
-sub-call statistics (blocks, runtime errors, timeouts, restarts, sub-calls and their tokens).
+mean/peak active context, rounds, plus a sawtooth plot and accuracy by input length. Each environment
+adds its own figures (`BaseEnv.eval_figures`, looked up through pipeline/env/registry.py): Inventory the
+share of turns whose carried inventory was right, RLM the REPL and sub-call statistics (blocks, runtime
+errors, timeouts, restarts, sub-calls and their tokens).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.collect import build_tasks, load_tokenizer, make_grader
+from pipeline.env.registry import eval_figures
 from pipeline.errors import PreflightError
 from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
@@ -74,45 +76,8 @@ def episode_report(trajectories: list[Trajectory]) -> dict[str, Any]:
     for t in trajectories:
         by_bucket[length_bucket(t.input_tokens)].append(t.mean_context_tokens)
     report["mean_context_by_length"] = {k: sum(v) / len(v) for k, v in _ordered(by_bucket).items()}
-    inventory = [t for t in trajectories if t.env == "inventory"]
-    if inventory:
-        report["inventory"] = inventory_figures(inventory)
-    rlm = [t for t in trajectories if t.env == "rlm"]
-    if rlm:
-        report["repl"] = repl_figures(rlm)
+    report.update(eval_figures(trajectories))  # each environment's own sections (BaseEnv.eval_figures)
     return report
-
-
-def inventory_figures(trajectories: list[Trajectory]) -> dict[str, Any]:
-    """How well the state survives the wipes: the share of chunks after which the carried inventory was right
-    (over the whole stream, so an episode that stopped early counts its unread chunks as wrong)."""
-    n = len(trajectories)
-    return {
-        "state_accuracy": sum(t.metadata.get("state_accuracy", 0.0) for t in trajectories) / n,
-        "mean_chunks": sum(t.metadata.get("chunks_total", 0) for t in trajectories) / n,
-    }
-
-
-def repl_figures(trajectories: list[Trajectory]) -> dict[str, Any]:
-    """REPL and sub-model statistics of RLM episodes (metadata["rlm"], pipeline/env/rlm.py)."""
-    stats = [t.metadata.get("rlm", {}) for t in trajectories]
-    blocks = [b for s in stats for b in s.get("blocks", [])]
-    n, n_blocks = len(trajectories), len(blocks)
-    sub_calls = sum(s.get("sub_call_count", 0) for s in stats)
-    return {
-        "blocks": n_blocks,
-        "blocks_per_episode": n_blocks / n,
-        "block_error_rate": sum(b.get("error") is not None for b in blocks) / n_blocks if n_blocks else 0.0,
-        "syntax_errors": sum(bool(b.get("syntax_error")) for b in blocks),
-        "timeouts": sum(bool(b.get("timed_out")) for b in blocks),
-        "repl_restarts": sum(s.get("repl_restarts", 0) for s in stats),
-        "sub_calls": sub_calls,
-        "sub_calls_per_episode": sub_calls / n,
-        "sub_call_errors": sum(s.get("sub_call_errors", 0) for s in stats),
-        "sub_call_prompt_tokens": sum(s.get("sub_call_prompt_tokens", 0) for s in stats),
-        "sub_call_response_tokens": sum(s.get("sub_call_response_tokens", 0) for s in stats),
-        "repl_seconds": round(sum(s.get("seconds", 0.0) for s in stats), 3),
-    }
 
 
 def _accuracy_by(items: list[Any], key) -> dict[str, float]:

@@ -12,15 +12,16 @@ One generation (every `steps_per_generation` micro-steps):
    assistant message each (batched: TRL's `_generate_single_turn`, i.e. HF `generate` under
    `unwrap_model_for_generation`, or vLLM colocate; vLLM server through TRL's client), and steps the
    environments. Budgets and end states are the environment's (`max_completion_length` is the per-turn cap).
-2. score: reward components per episode (`pipeline/rewards.py`) are TRL reward functions with the recipe's
-   weights, gathered across processes; group advantages (`pipeline/advantages.py`).
+2. score: each episode's reward is its record's, scored once by its environment's rubric with the recipe's
+   weights (`pipeline/rewards.py`); rewards and components (TRL reward functions, for the logs) are gathered
+   across processes; group advantages (`pipeline/advantages.py`).
 3. cut and sample: segments of each episode, at most `max_segments_per_episode` picked
    (`pipeline/snapshots.py`), weights 1/k per episode.
 4. rows: a segment's tokens split at its first trained token into TRL's prompt / completion, with
    `tool_mask` = the segment's assistant mask, so TRL's loss sees assistant tokens only. The per-row weight
    is folded into the advantage (the clipped surrogate is positively homogeneous in it).
 
-Curriculum (optional, `curriculum:` in the recipe, pipeline/env/curriculum.py): Inventory tasks are played at the
+Curriculum (optional, `curriculum:` in the recipe, pipeline/curriculum.py): Inventory tasks are played at the
 current stage's sizes, every episode's grade (gathered over processes, so all agree) updates the rolling success
 rate, the stage is logged as `curriculum/stage`, and each checkpoint holds `curriculum.json`, from which a resumed
 run continues at the same stage.
@@ -55,12 +56,13 @@ from trl.trainer.utils import RepeatSampler, nanstd, pad, use_adapter
 
 from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
 from pipeline.collect import make_grader
-from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
-from pipeline.env.registry import env_config, make_env
+from pipeline.curriculum import Curriculum, CurriculumConfig, staged_task
+from pipeline.env.registry import env_class, env_config
 from pipeline.policies.hf import KEEP_MARKUP
 from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 from pipeline.recipe import JudgeSpec
-from pipeline.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_COMPONENTS, weighted_reward
+from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
+from pipeline.rollout import env_for
 from pipeline.segments import SegmentError, segment_trajectory
 from pipeline.snapshots import episode_rng, sample_segments
 from pipeline.tasks.schema import Task
@@ -109,7 +111,7 @@ class StateLMGRPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Inventory curriculum {stages: [{n_chunks, chunk_size}, ...], window, threshold}: inventory "
-            "tasks are played at the current stage's sizes (pipeline/env/curriculum.py)."
+            "tasks are played at the current stage's sizes (pipeline/curriculum.py)."
         },
     )
     prefix_cache: bool = field(
@@ -172,19 +174,20 @@ class StateLMGRPOConfig(GRPOConfig):
         self._from_environment()
         if self.world_size != world_size:
             raise RuntimeError(f"WORLD_SIZE={world_size} but the distributed state has {self.world_size} processes")
-        self.rewards = dict(DEFAULT_REWARD_WEIGHTS if self.rewards is None else self.rewards)
-        unknown = set(self.rewards) - set(REWARD_COMPONENTS)
-        if unknown:
-            raise ValueError(f"rewards: unknown components {sorted(unknown)}; known: {list(REWARD_COMPONENTS)}")
-        self.reward_weights = [float(self.rewards.get(name, 0.0)) for name in REWARD_COMPONENTS]
         # The sections ours reads later are checked now, so a bad recipe fails before any model loads
         try:
-            env_config(self.environment)
+            rubric = env_class(self.environment).rubric
             if self.curriculum is not None:
                 CurriculumConfig.model_validate(self.curriculum)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"environment / curriculum: {problems}") from exc
+        self.rewards = dict(DEFAULT_REWARD_WEIGHTS if self.rewards is None else self.rewards)
+        try:
+            rubric.check_weights(self.rewards)
+        except ValueError as exc:
+            raise ValueError(f"rewards: {exc}") from exc
+        self.reward_weights = None  # the reward is the episode's own (its env's rubric), never TRL's weighted sum
 
     def _from_environment(self) -> None:
         """The student's per-turn cap and chat-template kwargs are the environment's (set once for every stage)."""
@@ -235,7 +238,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
             raise ValueError("evaluation during GRPO is not supported; evaluate checkpoints with `statelm eval`")
         super().__init__(
             model=model,
-            reward_funcs=[component_reward(name) for name in REWARD_COMPONENTS],
+            reward_funcs=[component_reward(name) for name in env_class(args.environment).rubric.names],
             args=args,
             train_dataset=train_dataset,
             processing_class=processing_class,
@@ -377,18 +380,16 @@ class StateLMGRPOTrainer(GRPOTrainer):
         ids = [f"{t.id}#{self.state.global_step}.{(first + i) % self.num_generations}" for i, t in enumerate(tasks)]
         episodes = self._play(tasks, ids)
 
-        # Rewards (TRL reward functions, gathered over processes) and group advantages
+        # Rewards: each episode's own (scored once, by its env's rubric), gathered over processes; the components
+        # go through TRL's reward functions only to be gathered and logged. Then group advantages.
         components = [e.trajectory.reward_components for e in episodes]
         rows_in = [{"reward_components": c} for c in components]
         answers = [e.trajectory.answer or "" for e in episodes]
         rewards_per_func = self._calculate_rewards(rows_in, [t.question for t in tasks], answers, [[]] * len(tasks))
-        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        local_rewards = [e.trajectory.reward for e in episodes]
+        rewards = gather(torch.tensor(local_rewards, dtype=torch.float32, device=rewards_per_func.device))
         advantages = group_advantages(rewards.cpu(), self.num_generations, args.advantage)
         local_advantages = advantages[first : first + len(tasks)].tolist()
-        for episode, reward in zip(episodes, rewards[first : first + len(tasks)].tolist(), strict=True):
-            expected = weighted_reward(episode.trajectory.reward_components, args.rewards)
-            if not math.isclose(reward, expected, abs_tol=1e-5):
-                raise RuntimeError(f"episode {episode.trajectory.episode_id}: reward {reward} != {expected}")
 
         # Segments, sampling, rows
         rows, stats = self._rows(episodes, local_advantages)
@@ -415,7 +416,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
         if self.use_vllm and self.state.global_step != self._last_loaded_step:
             self.vllm_generation.sync_weights()  # collective: every process, once per generation
             self._last_loaded_step = self.state.global_step
-        envs = [make_env(task, self._tokenizer, self.env_config) for task in tasks]
+        envs = [env_for(task, self._tokenizer, self.env_config) for task in tasks]
         sampled: list[list[tuple[list[int], list[float] | None]]] = [[] for _ in envs]
         with self._prefix_cached_generation():
             self._play_rounds(envs, sampled)

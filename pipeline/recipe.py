@@ -104,6 +104,16 @@ class JudgeSpec(_Strict):
     api_key: str = "EMPTY"
 
 
+def env_section(value: Any) -> BaseModel:
+    """A recipe's `env:` validated by its kind's config; an environment's own model (the RLM's `sub_model`) is a
+    policy like `policy:`, validated here (the env package does not know policies) and built by the caller."""
+    config = env_config(value)
+    sub_model = getattr(config, "sub_model", None)
+    if sub_model is not None and not isinstance(sub_model, PolicySpec):
+        config.sub_model = PolicySpec.model_validate(sub_model)
+    return config
+
+
 class CollectRecipe(_Strict):
     """Everything `statelm collect` needs."""
 
@@ -132,7 +142,7 @@ class CollectRecipe(_Strict):
     @field_validator("environment", mode="before")
     @classmethod
     def _env(cls, value: Any) -> BaseModel:
-        return env_config(value)
+        return env_section(value)
 
     @model_validator(mode="after")
     def _policy_defaults(self) -> Any:
@@ -183,7 +193,7 @@ class EvalRecipe(_Strict):
     @field_validator("environment", mode="before")
     @classmethod
     def _env(cls, value: Any) -> BaseModel:
-        return env_config(value)
+        return env_section(value)
 
     @model_validator(mode="after")
     def _policy_defaults(self) -> Any:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pipeline.env.registry import make_env
 from pipeline.policies.base import Action, Policy, as_action
+from pipeline.policies.factory import sub_policy_for
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 
@@ -100,6 +101,11 @@ def iter_trajectories(path: str | Path, errors: list[str] | None = None) -> Iter
                     errors.append(f"{path}:{line_no}: {where}: {first['msg']}")
 
 
+def env_for(task: Task, tokenizer: Any, config: Any) -> Any:
+    """The environment of one episode, with the models it needs (the RLM's sub-model) built here, not by it."""
+    return make_env(task, tokenizer, config, sub_policy=sub_policy_for(config))
+
+
 async def play_episode(
     episode: Episode,
     policy: Policy,
@@ -110,7 +116,7 @@ async def play_episode(
 ) -> Trajectory:
     """Run one episode to its end state and grade it."""
     task = episode.task
-    env = await asyncio.to_thread(make_env, task, tokenizer, config)
+    env = await asyncio.to_thread(env_for, task, tokenizer, config)
     turn = 0
     while not env.done:
         action = as_action(await policy.act(env.messages(), env.tools, seed=episode.seed + turn))
@@ -226,7 +232,7 @@ async def _play_in_rounds(
     while waiting or live:
         while waiting and len(live) < concurrency:
             episode = waiting.pop()
-            live.append((episode, await asyncio.to_thread(make_env, episode.task, tokenizer, config), 0))
+            live.append((episode, await asyncio.to_thread(env_for, episode.task, tokenizer, config), 0))
         playing = [item for item in live if not item[1].done]
         if playing:
             texts = await policy.act_batch(

@@ -125,6 +125,13 @@ def test_reward_of_each_end_state(tokenizer):
 # -- advantages ------------------------------------------------------------------------------------------------
 
 
+def test_reward_weights_must_name_components_of_the_env_rubric(micro_model_dir, tmp_path):
+    rewards = {"correct": 1.0, "corect": 2.0}
+    recipe = small_recipe(tmp_path / "r.yaml", micro_model_dir, tmp_path / "out", rewards=rewards)
+    with pytest.raises(ValueError, match=r"rewards: unknown reward components in weights: \['corect'\]"):
+        make_parser().parse_args_and_config(["--config", str(recipe)])
+
+
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0])  # two groups of 4
     mean, std = -0.375, ((1.375**2 + 0.125**2 + 2 * 0.625**2) / 3) ** 0.5  # unbiased std

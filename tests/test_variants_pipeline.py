@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline import grpo, sft
 from pipeline.collect import run_collect
 from pipeline.curate import load_curate_recipe, run_curate
-from pipeline.env.curriculum import CurriculumConfig
+from pipeline.curriculum import CurriculumConfig
 from pipeline.env.registry import env_config
 from pipeline.evaluate import run_eval
 from pipeline.recipe import EvalRecipe, GeneratedTasks, TaskFile, load_collect_recipe, load_recipe

@@ -1,31 +1,167 @@
-"""What every environment offers the episode loop (Pensieve and its variants, SPEC 2).
+"""What every environment shares (SPEC 2): the bookkeeping of an episode, so each one supplies only its turns.
 
-`pipeline/rollout.py` drives any object with this shape, so a new environment plugs into collect,
-curate, GRPO and eval by producing the same trajectory records.
+`pipeline/rollout.py` drives any `BaseEnv` (`name`, `tools`, `done`, `end_state`, `answer`, `messages()`,
+`step(raw_text)`, `trajectory(...)`), so a new environment plugs into collect, curate, GRPO and eval by
+producing the same trajectory records. `BaseEnv` does the bookkeeping once: the message table (every
+message version stored once) and the live context (table rows), rendering and token counts in the
+student's tokenizer, message ids, the format-error and budget end states, the turn records, the
+trajectory record, and the environment's rubric (its named reward components, pipeline/rewards.py) and
+evaluation figures. A subclass writes `step` (its turn logic, ending with `_record_turn`) and its tools;
+it may override `_over_budget`, `episode_metadata`, `recorded_input_tokens` and `eval_figures`, and set
+`rubric` to add reward components of its own.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from pipeline.rewards import reward_components, weighted_reward
-from pipeline.trajectory import Trajectory
+from pipeline.rewards import DEFAULT_RUBRIC, Rubric
+from pipeline.tasks.schema import Task
+from pipeline.trajectory import MessageRecord, Trajectory, Turn
 
 
-class Environment(Protocol):
-    name: str
-    tools: list[dict[str, Any]]  # JSON schemas given to the chat template ([] when the env uses none)
+@dataclass
+class StepResult:
+    """What one `step` did: whether the episode ended (and how), its format errors, whether it edited context."""
+
     done: bool
-    end_state: str | None  # finished | over_budget | malformed | max_rounds, once done
-    answer: str | None
+    end_state: str | None
+    format_errors: int
+    edited: bool
 
+
+class BaseEnv:
+    """One episode's state and records. Build a new env per episode.
+
+    The config must have `max_context_tokens`, `max_output_tokens`, `max_rounds`, `max_format_errors` and
+    `enable_thinking` (every env config does). `task` is set by `from_task` (None for an env built by hand);
+    the rubric's reward functions see it.
+    """
+
+    name: ClassVar[str] = "base"
+    rubric: ClassVar[Rubric] = DEFAULT_RUBRIC
+
+    def __init__(self, tokenizer: Any, config: Any) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.task: Task | None = None
+        self.tools: list[dict[str, Any]] = []
+        self.table: list[MessageRecord] = []  # every message version, stored once
+        self.context: list[int] = []  # table indices of the live context
+        self.turns: list[Turn] = []
+        self.next_msg_id = 2  # 0 is the system prompt, 1 the task message
+        self.rounds = 0
+        self.format_errors = 0
+        self.consecutive_error_turns = 0
+        self.context_tokens = 0
+        self.done = False
+        self.end_state: str | None = None
+        self.answer: str | None = None
+
+    def _for_task(self, task: Task) -> Any:
+        """`from_task`'s last step: remember the task, for the rubric."""
+        self.task = task
+        return self
+
+    # -- observation -------------------------------------------------------------------------
     def messages(self) -> list[dict[str, str]]:
-        """The context the policy sees now, as chat messages."""
-        ...
+        """The live context as chat messages (what the policy sees)."""
+        return [self.table[i].chat() for i in self.context]
 
-    def step(self, raw_text: str) -> Any:
-        """Apply one raw assistant message; never raises on model output."""
-        ...
+    def render(self, add_generation_prompt: bool = True) -> str:
+        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
+        return self.tokenizer.apply_chat_template(
+            self.messages(),
+            tools=self.tools or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **kwargs,
+        )
+
+    def count_tokens(self) -> int:
+        """Tokens of the rendered context with the generation prompt, in the student's tokenizer."""
+        return self._tokens(self.render())
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _new_msg_id(self) -> int:
+        self.next_msg_id += 1
+        return self.next_msg_id - 1
+
+    def _add(self, message: MessageRecord) -> int:
+        """Store `message` and append it to the live context; returns its table row."""
+        self.table.append(message)
+        self.context.append(len(self.table) - 1)
+        return len(self.table) - 1
+
+    def _replace(self, position: int, message: MessageRecord) -> None:
+        """Store a new version of the message at context `position` (the old one stays in the table)."""
+        self.table.append(message)
+        self.context[position] = len(self.table) - 1
+
+    def _end(self, state: str) -> None:
+        self.done, self.end_state = True, state
+
+    def _count_errors(self, errors: int) -> None:
+        """Add a turn's format errors; `max_format_errors` consecutive turns with one end the episode as malformed."""
+        self.format_errors += errors
+        self.consecutive_error_turns = self.consecutive_error_turns + 1 if errors else 0
+        if not self.done and self.consecutive_error_turns >= self.config.max_format_errors:
+            self._end("malformed")
+
+    def _over_context(self) -> bool:
+        """The rendered context leaves no room for the next `max_output_tokens`."""
+        return self.context_tokens + self.config.max_output_tokens > self.config.max_context_tokens
+
+    def _over_budget(self) -> bool:
+        """Any budget of the env spent (a subclass adds its own, e.g. time)."""
+        return self._over_context()
+
+    def _check_budgets(self) -> None:
+        if self.done:
+            return
+        if self._over_budget():
+            self._end("over_budget")
+        elif self.rounds >= self.config.max_rounds:
+            self._end("max_rounds")
+
+    def _record_turn(
+        self,
+        context_before: list[int],
+        tokens_before: int,
+        assistant_row: int,
+        tool_calls: list[dict[str, Any]],
+        tool_results: list[int],
+        edited: bool,
+        errors: int,
+    ) -> StepResult:
+        """Append the turn record (SPEC 4) and return the step's result."""
+        self.turns.append(
+            Turn(
+                index=len(self.turns),
+                context=context_before,
+                assistant=assistant_row,
+                tool_calls=tool_calls,
+                tool_results=tool_results,
+                context_tokens_before=tokens_before,
+                context_tokens_after=self.context_tokens,
+                edited=edited,
+                format_errors=errors,
+            )
+        )
+        return StepResult(self.done, self.end_state, errors, edited)
+
+    # -- records -----------------------------------------------------------------------------
+    def recorded_input_tokens(self) -> int | None:
+        """The task input's length in student tokens as the record keeps it (None: never counted)."""
+        return None
+
+    def episode_metadata(self) -> dict[str, Any]:
+        """The env's own figures, merged into the trajectory's metadata."""
+        return {}
 
     def trajectory(
         self,
@@ -37,46 +173,31 @@ class Environment(Protocol):
         weights: dict[str, float] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Trajectory:
-        """The finished episode as a record."""
-        ...
+        """The finished episode as a record (SPEC 4), scored by the env's rubric with the recipe's `weights`.
 
+        An episode cut off before it ended counts as `max_rounds`.
+        """
+        record = Trajectory(
+            episode_id=episode_id,
+            task_id=task_id,
+            policy=policy,
+            seed=seed,
+            env=self.name,
+            end_state=self.end_state or "max_rounds",
+            answer=self.answer,
+            correct=correct,
+            format_errors=self.format_errors,
+            rounds=self.rounds,
+            input_tokens=self.recorded_input_tokens(),
+            tools=self.tools,
+            messages=self.table,
+            turns=self.turns,
+            final_context=list(self.context),
+            metadata={**(metadata or {}), **self.episode_metadata()},
+        )
+        return self.rubric.score(record, self.task, weights)
 
-def episode_record(
-    env: Any,
-    *,
-    episode_id: str,
-    task_id: str,
-    policy: str,
-    seed: int,
-    correct: bool,
-    weights: dict[str, float] | None,
-    input_tokens: int | None,
-    metadata: dict[str, Any],
-) -> Trajectory:
-    """The trajectory record every environment writes the same way (SPEC 4), from its episode state.
-
-    `env` holds `name, end_state, answer, format_errors, rounds, tools, table, turns, context`; an episode
-    cut off before it ended counts as `max_rounds`. Each environment adds only its own `metadata`.
-    """
-    end_state = env.end_state or "max_rounds"
-    components = reward_components(end_state, correct, env.format_errors)
-    return Trajectory(
-        episode_id=episode_id,
-        task_id=task_id,
-        policy=policy,
-        seed=seed,
-        env=env.name,
-        end_state=end_state,
-        answer=env.answer,
-        correct=correct,
-        reward=weighted_reward(components, weights),
-        reward_components=components,
-        format_errors=env.format_errors,
-        rounds=env.rounds,
-        input_tokens=input_tokens,
-        tools=env.tools,
-        messages=env.table,
-        turns=env.turns,
-        final_context=list(env.context),
-        metadata=metadata,
-    )
+    @classmethod
+    def eval_figures(cls, trajectories: list[Trajectory]) -> dict[str, Any]:
+        """The env's own sections of the evaluation report (pipeline/evaluate.py), over its episodes."""
+        return {}

@@ -27,12 +27,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.env.base import episode_record
-from pipeline.env.pensieve import StepResult
+from pipeline.env.base import BaseEnv, StepResult
 from pipeline.tasks.graders import grade_set
 from pipeline.tasks.inventory import inventory_states
 from pipeline.tasks.schema import DOCUMENT_SEPARATOR, Task
-from pipeline.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.trajectory import MessageRecord, Trajectory
 
 SYSTEM_PROMPT = """You keep an inventory while a long stream of text is shown to you one chunk at a time.
 The stream is mostly noise. Only the commands change the inventory: [GET item] adds the item, [DROP item]
@@ -99,7 +98,7 @@ def user_message(previous: str | None, chunk: str, index: int, total: int, error
     return "\n\n".join(parts)
 
 
-class InventoryEnv:
+class InventoryEnv(BaseEnv):
     """One episode over one stream. Build a new env per episode."""
 
     name = "inventory"
@@ -107,52 +106,28 @@ class InventoryEnv:
     def __init__(self, chunks: list[str], tokenizer: Any, config: InventoryConfig | None = None) -> None:
         if not chunks:
             raise ValueError("InventoryEnv: the stream has no chunks")
+        super().__init__(tokenizer, config or InventoryConfig())
         self.chunks = chunks
-        self.tokenizer = tokenizer
-        self.config = config or InventoryConfig()
-        self.tools: list[dict[str, Any]] = []
         self.states = inventory_states(chunks)  # the true inventory after each chunk
         self.state_correct: list[bool] = []
-        self.table: list[MessageRecord] = [MessageRecord(role="system", content=SYSTEM_PROMPT, msg_id=0)]
-        self.context: list[int] = [0]
-        self.turns: list[Turn] = []
         self.chunk_index = 0
-        self.rounds = 0
-        self.format_errors = 0
-        self.consecutive_errors = 0
         self.final_items: list[str] | None = None
-        self.done = False
-        self.end_state: str | None = None
-        self.answer: str | None = None
         self._input_tokens: int | None = None
+        self._add(MessageRecord(role="system", content=SYSTEM_PROMPT, msg_id=0))
         self._show(user_message(None, chunks[0], 0, len(chunks)))
 
     @classmethod
     def from_task(cls, task: Task, tokenizer: Any, config: InventoryConfig) -> InventoryEnv:
         chunks = task.documents if task.documents is not None else task.load_input().split(DOCUMENT_SEPARATOR)
-        return cls(list(chunks), tokenizer, config)
+        return cls(list(chunks), tokenizer, config)._for_task(task)
 
     # -- observation -------------------------------------------------------------------------
-    def messages(self) -> list[dict[str, str]]:
-        """The live context as chat messages (what the policy sees)."""
-        return [self.table[i].chat() for i in self.context]
-
-    def render(self, add_generation_prompt: bool = True) -> str:
-        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
-        return self.tokenizer.apply_chat_template(
-            self.messages(), tools=None, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-        )
-
-    def count_tokens(self) -> int:
-        """Tokens of the rendered context with the generation prompt, in the student's tokenizer."""
-        return len(self.tokenizer(self.render(), add_special_tokens=False)["input_ids"])
-
     @property
     def input_tokens(self) -> int:
         """The whole stream's length in student tokens."""
         if self._input_tokens is None:
             text = DOCUMENT_SEPARATOR.join(self.chunks)
-            self._input_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._input_tokens = self._tokens(text)
         return self._input_tokens
 
     # -- the step ----------------------------------------------------------------------------
@@ -171,7 +146,7 @@ class InventoryEnv:
         self.state_correct.append(items is not None and grade_set(", ".join(items), self.states[index]))
         errors = int(items is None)
         self.format_errors += errors
-        self.consecutive_errors = self.consecutive_errors + 1 if errors else 0
+        self.consecutive_error_turns = self.consecutive_error_turns + 1 if errors else 0
         if items is None:
             calls = []
         elif last:
@@ -186,7 +161,7 @@ class InventoryEnv:
             else:
                 self.answer = ", ".join(items)
                 self._end("finished")
-        elif self.consecutive_errors >= self.config.max_format_errors:
+        elif self.consecutive_error_turns >= self.config.max_format_errors:
             self._end("malformed")
         elif self.rounds >= self.config.max_rounds:
             self._end("max_rounds")
@@ -199,35 +174,18 @@ class InventoryEnv:
         if not edited:  # the episode ended here: its last context keeps the answer
             self.context.append(assistant_row)
             self.context_tokens = self.count_tokens()
-        self.turns.append(
-            Turn(
-                index=len(self.turns),
-                context=context_before,
-                assistant=assistant_row,
-                tool_calls=calls,
-                tool_results=[],
-                context_tokens_before=tokens_before,
-                context_tokens_after=self.context_tokens,
-                edited=edited,
-                format_errors=errors,
-            )
-        )
-        return StepResult(self.done, self.end_state, errors, edited)
+        return self._record_turn(context_before, tokens_before, assistant_row, calls, [], edited, errors)
 
     # -- helpers -----------------------------------------------------------------------------
     def _show(self, content: str) -> None:
         """Add the turn's user message to the (wiped) context and check the budget for the next output."""
-        self.table.append(MessageRecord(role="user", content=content))
-        self.context.append(len(self.table) - 1)
+        self._add(MessageRecord(role="user", content=content))
         self.context_tokens = self.count_tokens()
-        if self.context_tokens + self.config.max_output_tokens > self.config.max_context_tokens:
+        if self._over_context():
             self._end("over_budget")
 
-    def _end(self, state: str) -> None:
-        self.done, self.end_state = True, state
-
     # -- records -----------------------------------------------------------------------------
-    def metrics(self) -> dict[str, Any]:
+    def episode_metadata(self) -> dict[str, Any]:
         """Episode figures kept in the trajectory metadata. `state_accuracy` is over the whole stream:
         a chunk the episode never reached counts as a state not carried."""
         return {
@@ -239,25 +197,17 @@ class InventoryEnv:
             "state_accuracy": sum(self.state_correct) / len(self.chunks),
         }
 
-    def trajectory(
-        self,
-        episode_id: str,
-        task_id: str,
-        policy: str,
-        seed: int,
-        correct: bool,
-        weights: dict[str, float] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Trajectory:
-        """The finished episode as a record (SPEC 4); the metrics go into its metadata."""
-        return episode_record(
-            self,
-            episode_id=episode_id,
-            task_id=task_id,
-            policy=policy,
-            seed=seed,
-            correct=correct,
-            weights=weights,
-            input_tokens=self.input_tokens,
-            metadata={**(metadata or {}), **self.metrics()},
-        )
+    def recorded_input_tokens(self) -> int | None:
+        return self.input_tokens
+
+    @classmethod
+    def eval_figures(cls, trajectories: list[Trajectory]) -> dict[str, Any]:
+        """How well the state survives the wipes: the share of chunks after which the carried inventory was right
+        (over the whole stream, so an episode that stopped early counts its unread chunks as wrong)."""
+        n = len(trajectories)
+        return {
+            "inventory": {
+                "state_accuracy": sum(t.metadata.get("state_accuracy", 0.0) for t in trajectories) / n,
+                "mean_chunks": sum(t.metadata.get("chunks_total", 0) for t in trajectories) / n,
+            }
+        }

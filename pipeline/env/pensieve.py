@@ -9,21 +9,20 @@ every problem becomes an error tool message and a format error.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline.env import prompts
-from pipeline.env.base import episode_record
+from pipeline.env.base import BaseEnv, StepResult
 from pipeline.env.dense import DenseIndex, DenseUnavailable, estimated_passages, reciprocal_rank_fusion
 from pipeline.env.index import ChunkIndex, SearchHit, token_offsets
 from pipeline.env.notebook import Notebook
 from pipeline.env.parsing import ToolCall, parse_tool_calls
 from pipeline.env.tools import tool_schemas, validate_arguments
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.trajectory import MessageRecord
 
 
 class EnvConfig(BaseModel):
@@ -66,15 +65,7 @@ class EnvConfig(BaseModel):
     rrf_k: int = Field(default=60, ge=1, description="Hybrid: the k of reciprocal-rank fusion, 1 / (k + rank).")
 
 
-@dataclass
-class StepResult:
-    done: bool
-    end_state: str | None
-    format_errors: int
-    edited: bool
-
-
-class PensieveEnv:
+class PensieveEnv(BaseEnv):
     """One episode over one task input. Build a new env per episode."""
 
     name = "pensieve"
@@ -87,9 +78,8 @@ class PensieveEnv:
         config: EnvConfig | None = None,
         choices: list[str] | None = None,
     ) -> None:
+        super().__init__(tokenizer, config or EnvConfig())
         self.question, self.input_text, self.choices = question, input_text, choices
-        self.tokenizer = tokenizer
-        self.config = config or EnvConfig()
         self.tools = tool_schemas(compact=self.config.compact_prompts)
         self.notebook = Notebook()
         self.index: ChunkIndex | None = None
@@ -98,16 +88,6 @@ class PensieveEnv:
         self._offsets: np.ndarray | None = None
         self._header_extra: dict[int, str] = {}  # msg id -> header detail kept in its stub (reading progress)
         self._range_members: dict[int, list[MessageRecord]] = {}  # range stub row -> the stubs it merged
-        self.table: list[MessageRecord] = []  # every message version, stored once
-        self.context: list[int] = []  # table indices of the live context
-        self.turns: list[Turn] = []
-        self.next_msg_id = 2  # 0 is the system prompt, 1 the task message
-        self.rounds = 0
-        self.format_errors = 0
-        self.consecutive_error_turns = 0
-        self.done = False
-        self.end_state: str | None = None
-        self.answer: str | None = None
         self._add(MessageRecord(role="system", content=prompts.system_prompt(self.config), msg_id=0))
         self._add(MessageRecord(role="user", content=self._task_text(), msg_id=1))
         self.context_tokens = self.count_tokens()
@@ -115,23 +95,9 @@ class PensieveEnv:
 
     @classmethod
     def from_task(cls, task: Task, tokenizer: Any, config: EnvConfig) -> PensieveEnv:
-        return cls(task.question, task.load_input(), tokenizer, config, task.choices)
+        return cls(task.question, task.load_input(), tokenizer, config, task.choices)._for_task(task)
 
     # -- observation -------------------------------------------------------------------------
-    def messages(self) -> list[dict[str, str]]:
-        """The live context as chat messages (what the policy sees)."""
-        return [self.table[i].chat() for i in self.context]
-
-    def render(self, add_generation_prompt: bool = True) -> str:
-        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
-        return self.tokenizer.apply_chat_template(
-            self.messages(), tools=self.tools, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-        )
-
-    def count_tokens(self) -> int:
-        """Tokens of the rendered context with the generation prompt, in the student's tokenizer."""
-        return len(self.tokenizer(self.render(), add_special_tokens=False)["input_ids"])
-
     @property
     def input_tokens(self) -> int:
         return len(self.offsets) - 1
@@ -167,26 +133,11 @@ class PensieveEnv:
         if self.notebook.listing() != listing_before:
             self._replace(1, MessageRecord(role="user", content=self._task_text(), msg_id=1))
             edited = True
-        self.format_errors += errors
-        self.consecutive_error_turns = self.consecutive_error_turns + 1 if errors else 0
-        if not self.done and self.consecutive_error_turns >= self.config.max_format_errors:
-            self._end("malformed")
+        self._count_errors(errors)
         self.context_tokens = self.count_tokens()
         self._check_budgets()
-        self.turns.append(
-            Turn(
-                index=len(self.turns),
-                context=context_before,
-                assistant=assistant_row,
-                tool_calls=[c.to_dict() for c in parsed.calls],
-                tool_results=results,
-                context_tokens_before=tokens_before,
-                context_tokens_after=self.context_tokens,
-                edited=edited,
-                format_errors=errors,
-            )
-        )
-        return StepResult(self.done, self.end_state, errors, edited)
+        calls = [c.to_dict() for c in parsed.calls]
+        return self._record_turn(context_before, tokens_before, assistant_row, calls, results, edited, errors)
 
     def _run(self, call: ToolCall, caller: int) -> tuple[str, bool, bool, str]:
         """Run one call: (tool message text, was it an error, did it edit earlier context, header extra)."""
@@ -401,53 +352,10 @@ class PensieveEnv:
     def _task_text(self) -> str:
         return prompts.task_message(self.question, len(self.input_text), self.notebook.listing(), self.choices)
 
-    def _new_msg_id(self) -> int:
-        self.next_msg_id += 1
-        return self.next_msg_id - 1
-
-    def _add(self, message: MessageRecord) -> int:
-        self.table.append(message)
-        self.context.append(len(self.table) - 1)
-        return len(self.table) - 1
-
-    def _replace(self, position: int, message: MessageRecord) -> None:
-        self.table.append(message)
-        self.context[position] = len(self.table) - 1
-
-    def _end(self, state: str) -> None:
-        self.done, self.end_state = True, state
-
-    def _check_budgets(self) -> None:
-        if self.done:
-            return
-        if self.context_tokens + self.config.max_output_tokens > self.config.max_context_tokens:
-            self._end("over_budget")
-        elif self.rounds >= self.config.max_rounds:
-            self._end("max_rounds")
-
     # -- records -----------------------------------------------------------------------------
-    def trajectory(
-        self,
-        episode_id: str,
-        task_id: str,
-        policy: str,
-        seed: int,
-        correct: bool,
-        weights: dict[str, float] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Trajectory:
-        """The finished episode as a record (SPEC 4)."""
-        return episode_record(
-            self,
-            episode_id=episode_id,
-            task_id=task_id,
-            policy=policy,
-            seed=seed,
-            correct=correct,
-            weights=weights,
-            input_tokens=self.input_tokens if self._offsets is not None else None,
-            metadata=metadata or {},
-        )
+    def recorded_input_tokens(self) -> int | None:
+        """Counted only if the episode tokenized the input (analyzeText or buildIndex)."""
+        return self.input_tokens if self._offsets is not None else None
 
 
 class ToolError(Exception):

@@ -7,16 +7,20 @@ sandbox) and must stay a single self-contained file.
 Start-up, in this order, before any model code runs:
 1. read the `init` message (the task input, bound to `context`);
 2. as root: new mount, network, IPC and UTS namespaces; the episode's scratch directory becomes a
-   size-limited tmpfs, /run is hidden, the Python standard library is bind-mounted read-only where
-   the unprivileged user can reach it; then setgroups/setresgid/setresuid to `nobody`, which drops
-   every capability. As another user: the same namespaces inside a new user namespace when the
-   kernel allows it, then every capability dropped;
-3. no_new_privs, then Landlock: read-only access to the standard library and the system's shared
-   libraries, read-write access to the scratch directory only, no execve anywhere, no TCP bind or
-   connect (ABI >= 4), no signals or abstract unix sockets outside the sandbox (ABI >= 6);
-4. seccomp (libseccomp): namespace, mount, ptrace, keyring, BPF, io_uring, module and similar system
-   calls fail with EPERM;
-5. resource limits: address space, CPU time, file size, open files, no new processes or threads.
+   size-limited tmpfs (`scratch_mb`; it vanishes with the process), /run is hidden (system services' unix
+   sockets), the Python standard library is bind-mounted read-only where the unprivileged user can reach
+   it; then setgroups/setresgid/setresuid to `nobody`, which drops every capability (no privileged
+   operation, no signal to the host, no root-only file). As another user: the same namespaces inside a
+   new user namespace when the kernel allows it, then every capability dropped;
+3. no_new_privs (setuid programs cannot give privileges back), then Landlock (kernel >= 5.13): read-only
+   access to the standard library and the system's shared libraries, read-write access to the scratch
+   directory only, no execve anywhere, no TCP bind or connect (ABI >= 4), no signals or abstract unix
+   sockets outside the sandbox (ABI >= 6, kernel >= 6.12);
+4. seccomp (libseccomp, which apt depends on, so every Debian system has it): new namespaces (a nested
+   user namespace would hand out capabilities), mount, ptrace, process_vm_*, keyrings, BPF, perf,
+   userfaultfd, io_uring, open_by_handle_at, modules, kexec and clock setting fail with EPERM;
+5. resource limits: address space (`memory_mb`: big allocations raise MemoryError), CPU time per block
+   and per episode, file size, open files, no new processes or threads (`RLIMIT_NPROC` = 0).
 
 Protocol: one JSON object per line. Host -> worker: `init`, then `exec` {code, name} and the
 `llm_result` {responses} answering a request. Worker -> host: `ready` {layers}, `llm` {prompts} while a

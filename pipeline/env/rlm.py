@@ -1,10 +1,10 @@
 """The RLM environment (recursive language model, SPEC 2): the input lives in a Python REPL.
 
 The model never sees the input. It writes ```python blocks; each runs in a sandboxed REPL process
-(`pipeline/env/sandbox.py`) where the input is the string `context`, the state persists across
-turns, and `llm_query(prompt)` / `llm_query_batched(prompts)` ask a sub-model (any policy, run by the
-host with bounded parallelism). The model answers by filling the dict `answer` and setting
-`answer["ready"] = True`; the episode ends after that block.
+(`pipeline/env/sandbox.py`) where the input is the string `context`, the state persists across turns, and
+`llm_query(prompt)` / `llm_query_batched(prompts)` ask a sub-model (any policy, built by the caller and
+passed in as `sub_policy`, run with bounded parallelism). The model answers by filling the dict `answer`
+and setting `answer["ready"] = True`; the episode ends after that block.
 
 `step(raw_text)` appends the assistant message, runs its blocks in order, and appends one tool
 message per block with the block's output (cut to `max_output_chars`, with a note saying so). Each
@@ -27,21 +27,19 @@ per-block figures are recorded in the trajectory's `metadata["rlm"]`. `step` nev
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 import weakref
 import zlib
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.env.base import episode_record
+from pipeline.env.base import BaseEnv, StepResult
 from pipeline.env.sandbox import BlockOutcome, Sandbox, SandboxConfig
+from pipeline.env.sub_model import SubCallResult, SubModelRunner
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.trajectory import MessageRecord, Trajectory
 
 SYSTEM_PROMPT = """You answer a question about a long input that is NOT in your context. The input is stored in a \
 Python REPL as the string variable `context`. Work by writing Python code in ```python blocks: the REPL runs the \
@@ -81,7 +79,9 @@ class RLMConfig(BaseModel):
     max_answer_chars: int = Field(default=20_000, description="Longest answer kept.")
     enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
     sub_model: Any = Field(
-        default=None, description="Policy behind llm_query (same fields as `policy:`); None: llm_query is unavailable."
+        default=None,
+        description="Policy behind llm_query (same fields as `policy:`; the recipe validates it, the caller builds it "
+        "and passes it to the env as `sub_policy`); None: llm_query is unavailable.",
     )
     max_depth: int = Field(default=1, ge=1, le=1, description="llm_query recursion depth (1: a plain model call).")
     max_parallel_sub_calls: int = Field(default=8, ge=1, description="Sub-calls in flight at once per batch.")
@@ -93,101 +93,11 @@ class RLMConfig(BaseModel):
     record_prompt_chars: int = Field(default=4000, ge=0, description="Prompt characters kept in the trajectory.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
-    @field_validator("sub_model", mode="before")
-    @classmethod
-    def _sub_model(cls, value: Any) -> Any:
-        if value is None or isinstance(value, BaseModel):
-            return value
-        from pipeline.recipe import PolicySpec  # imported here: the recipe module imports the env registry
-
-        return PolicySpec.model_validate(value)
-
-
-@dataclass
-class StepResult:
-    done: bool
-    end_state: str | None
-    format_errors: int
-    edited: bool
-
-
-# ----------------------------------------------------------------------------- sub-model calls
-
-
-@dataclass
-class SubCallResult:
-    text: str | None
-    error: str | None
-    seconds: float
-
-
-class SubModelRunner:
-    """Runs an async policy on a private event loop in its own thread, for synchronous callers.
-
-    `env.step` runs in a worker thread while the rollout's event loop plays other episodes; the
-    sub-policy's coroutines run here instead, so a batch is concurrent (bounded by a semaphore) and
-    the caller just blocks until the batch is done.
-    """
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="rlm-sub-model", daemon=True)
-        self.thread.start()
-
-    def run_batch(self, prompts: list[str], max_parallel: int, timeout: float, seed: int) -> list[SubCallResult]:
-        future = asyncio.run_coroutine_threadsafe(self._batch(prompts, max_parallel, timeout, seed), self.loop)
-        return future.result()
-
-    async def _batch(self, prompts: list[str], max_parallel: int, timeout: float, seed: int) -> list[SubCallResult]:
-        semaphore = asyncio.Semaphore(max_parallel)
-
-        async def one(index: int, prompt: str) -> SubCallResult:
-            async with semaphore:
-                started = time.monotonic()
-                try:
-                    messages = [{"role": "user", "content": prompt}]
-                    reply = await asyncio.wait_for(self.policy.act(messages, [], seed=seed + index), timeout)
-                    text = getattr(reply, "text", reply)  # a policy may answer with an Action (policies/base.py)
-                    return SubCallResult(str(text), None, time.monotonic() - started)
-                except Exception as exc:  # a failed call is a reply the model sees, never a crash
-                    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    return SubCallResult(None, detail, time.monotonic() - started)
-
-        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
-
-    def close(self, close_policy: bool = True) -> None:
-        """Stop the loop (and release the policy unless someone else owns it)."""
-        if self.loop.is_closed():
-            return
-        try:
-            if close_policy:
-                asyncio.run_coroutine_threadsafe(self.policy.aclose(), self.loop).result(timeout=60)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
-
-
-_RUNNERS: dict[str, SubModelRunner] = {}
-_RUNNERS_LOCK = threading.Lock()
-
-
-def sub_model_runner(spec: BaseModel) -> SubModelRunner:
-    """One runner (and one loaded model or client) per distinct sub-model spec, shared by all episodes."""
-    key = spec.model_dump_json()
-    with _RUNNERS_LOCK:
-        if key not in _RUNNERS:
-            from pipeline.policies.factory import make_policy  # policies import the recipe, which imports envs
-
-            _RUNNERS[key] = SubModelRunner(make_policy(spec))  # type: ignore[arg-type]
-        return _RUNNERS[key]
-
 
 # ----------------------------------------------------------------------------- the environment
 
 
-class RLMEnv:
+class RLMEnv(BaseEnv):
     """One episode over one task input. Build a new env per episode; it owns one REPL process."""
 
     name = "rlm"
@@ -202,27 +112,18 @@ class RLMEnv:
         sub_model: SubModelRunner | Any | None = None,
         seed: int = 0,
     ) -> None:
+        super().__init__(tokenizer, config or RLMConfig())
         self.question, self.input_text, self.choices = question, input_text, choices
-        self.tokenizer = tokenizer
-        self.config = config or RLMConfig()
         if sub_model is None and self.config.sub_model is not None:
-            sub_model = sub_model_runner(self.config.sub_model)
+            raise ValueError(
+                "env.sub_model is set but no sub-model was passed to the environment: build it with "
+                "pipeline.policies.factory.sub_policy_for(config) and pass it as sub_policy"
+            )
         self._own_runner = sub_model is not None and not isinstance(sub_model, SubModelRunner)
         if self._own_runner:
             sub_model = SubModelRunner(sub_model)  # a policy object given directly: its loop lives as long as we do
         self.sub_model: SubModelRunner | None = sub_model
         self.seed = seed
-        self.tools: list[dict[str, Any]] = []
-        self.table: list[MessageRecord] = []
-        self.context: list[int] = []
-        self.turns: list[Turn] = []
-        self.next_msg_id = 2
-        self.rounds = 0
-        self.format_errors = 0
-        self.consecutive_error_turns = 0
-        self.done = False
-        self.end_state: str | None = None
-        self.answer: str | None = None
         self.seconds = 0.0  # REPL + sub-model time: the time budget
         self.sub_calls: list[dict[str, Any]] = []
         self.blocks: list[dict[str, Any]] = []
@@ -250,22 +151,12 @@ class RLMEnv:
         self._check_budgets()
 
     @classmethod
-    def from_task(cls, task: Task, tokenizer: Any, config: RLMConfig) -> RLMEnv:
-        return cls(task.question, task.load_input(), tokenizer, config, task.choices, seed=zlib.crc32(task.id.encode()))
+    def from_task(cls, task: Task, tokenizer: Any, config: RLMConfig, sub_policy: Any = None) -> RLMEnv:
+        """The env for `task`; `sub_policy` (a policy or a shared SubModelRunner) answers llm_query."""
+        seed = zlib.crc32(task.id.encode())
+        return cls(task.question, task.load_input(), tokenizer, config, task.choices, sub_policy, seed)._for_task(task)
 
     # -- observation -------------------------------------------------------------------------
-    def messages(self) -> list[dict[str, str]]:
-        return [self.table[i].chat() for i in self.context]
-
-    def render(self, add_generation_prompt: bool = True) -> str:
-        kwargs = {} if self.config.enable_thinking is None else {"enable_thinking": self.config.enable_thinking}
-        return self.tokenizer.apply_chat_template(
-            self.messages(), tools=None, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-        )
-
-    def count_tokens(self) -> int:
-        return len(self.tokenizer(self.render(), add_special_tokens=False)["input_ids"])
-
     @property
     def input_tokens(self) -> int:
         if self._input_tokens is None:
@@ -306,29 +197,14 @@ class RLMEnv:
             results.append(self._tool_message(assistant_id, body, number))
             if self.done or outcome.syntax_error:
                 break
-        self.format_errors += errors
-        self.consecutive_error_turns = self.consecutive_error_turns + 1 if errors else 0
-        if not self.done and self.consecutive_error_turns >= self.config.max_format_errors:
-            self._end("malformed")
+        self._count_errors(errors)
         self.context_tokens = self.count_tokens()
         self._check_budgets()
-        self.turns.append(
-            Turn(
-                index=len(self.turns),
-                context=context_before,
-                assistant=assistant_row,
-                tool_calls=calls,
-                tool_results=results,
-                context_tokens_before=tokens_before,
-                context_tokens_after=self.context_tokens,
-                edited=False,
-                format_errors=errors,
-            )
-        )
+        result = self._record_turn(context_before, tokens_before, assistant_row, calls, results, False, errors)
         self._turn_index += 1
         if self.done:
             self.close()
-        return StepResult(self.done, self.end_state, errors, False)
+        return result
 
     def _run_block(self, code: str, assistant_id: int, number: int) -> BlockOutcome:
         self._block_index = number
@@ -389,9 +265,6 @@ class RLMEnv:
         limit = f"[llm_query error: the episode's limit of {cfg.max_sub_calls} sub-calls is used up]"
         return replies + [limit] * (len(prompts) - allowed)
 
-    def _tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-
     # -- helpers -----------------------------------------------------------------------------
     def _task_text(self) -> str:
         parts = [f"Question: {self.question}"]
@@ -418,44 +291,20 @@ class RLMEnv:
         content = f"{header}\n{body}"
         return self._add(MessageRecord(role="tool", content=content, msg_id=msg_id, tool_name="python", call_id=caller))
 
-    def _new_msg_id(self) -> int:
-        self.next_msg_id += 1
-        return self.next_msg_id - 1
-
-    def _add(self, message: MessageRecord) -> int:
-        self.table.append(message)
-        self.context.append(len(self.table) - 1)
-        return len(self.table) - 1
-
-    def _end(self, state: str) -> None:
-        self.done, self.end_state = True, state
-
-    def _check_budgets(self) -> None:
-        if self.done:
-            return
-        cfg = self.config
-        too_long = self.context_tokens + cfg.max_output_tokens > cfg.max_context_tokens
-        if too_long or self.seconds > cfg.max_episode_seconds:
-            self._end("over_budget")
-        elif self.rounds >= cfg.max_rounds:
-            self._end("max_rounds")
+    def _over_budget(self) -> bool:
+        """The context budget, or the time budget: REPL and sub-model seconds of the episode."""
+        return self._over_context() or self.seconds > self.config.max_episode_seconds
 
     def close(self) -> None:
         """Stop the REPL process and remove its scratch directory (done automatically when the episode ends)."""
         self._finalizer()
 
     # -- records -----------------------------------------------------------------------------
-    def trajectory(
-        self,
-        episode_id: str,
-        task_id: str,
-        policy: str,
-        seed: int,
-        correct: bool,
-        weights: dict[str, float] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Trajectory:
-        """The finished episode as a record (SPEC 4); REPL and sub-call figures in metadata["rlm"]."""
+    def recorded_input_tokens(self) -> int | None:
+        return self._input_tokens
+
+    def episode_metadata(self) -> dict[str, Any]:
+        """REPL and sub-call figures, in metadata["rlm"]."""
         rlm = {
             "sub_calls": self.sub_calls,
             "sub_call_count": len(self.sub_calls),
@@ -467,17 +316,30 @@ class RLMEnv:
             "seconds": round(self.seconds, 4),
             "sandbox": {k: v for k, v in self.sandbox_layers.items() if k not in ("pid", "readable")},
         }
-        return episode_record(
-            self,
-            episode_id=episode_id,
-            task_id=task_id,
-            policy=policy,
-            seed=seed,
-            correct=correct,
-            weights=weights,
-            input_tokens=self._input_tokens,
-            metadata={**(metadata or {}), "rlm": rlm},
-        )
+        return {"rlm": rlm}
+
+    @classmethod
+    def eval_figures(cls, trajectories: list[Trajectory]) -> dict[str, Any]:
+        """REPL and sub-model statistics of RLM episodes (metadata["rlm"])."""
+        stats = [t.metadata.get("rlm", {}) for t in trajectories]
+        blocks = [b for s in stats for b in s.get("blocks", [])]
+        n, n_blocks = len(trajectories), len(blocks)
+        sub_calls = sum(s.get("sub_call_count", 0) for s in stats)
+        repl = {
+            "blocks": n_blocks,
+            "blocks_per_episode": n_blocks / n,
+            "block_error_rate": sum(b.get("error") is not None for b in blocks) / n_blocks if n_blocks else 0.0,
+            "syntax_errors": sum(bool(b.get("syntax_error")) for b in blocks),
+            "timeouts": sum(bool(b.get("timed_out")) for b in blocks),
+            "repl_restarts": sum(s.get("repl_restarts", 0) for s in stats),
+            "sub_calls": sub_calls,
+            "sub_calls_per_episode": sub_calls / n,
+            "sub_call_errors": sum(s.get("sub_call_errors", 0) for s in stats),
+            "sub_call_prompt_tokens": sum(s.get("sub_call_prompt_tokens", 0) for s in stats),
+            "sub_call_response_tokens": sum(s.get("sub_call_response_tokens", 0) for s in stats),
+            "repl_seconds": round(sum(s.get("seconds", 0.0) for s in stats), 3),
+        }
+        return {"repl": repl}
 
 
 def _release(sandbox: Sandbox, runner: SubModelRunner | None) -> None:

@@ -3,28 +3,14 @@
 Mechanism: only what Linux and the standard library already offer, so nothing extra is installed.
 The host (this module) starts `repl_worker.py` with a fresh interpreter (`python -S -s -P -B`, no
 site-packages), a minimal environment (no inherited variables, so no API keys), in its own session,
-and talks to it over pipes in JSON lines. Before any model code runs, the worker confines itself:
-
-- network namespace: no network at all, only an unconfigured loopback (TCP, UDP, raw sockets);
-- mount namespace: the scratch dir becomes a tmpfs of `scratch_mb` (the host's disk cannot fill up;
-  it vanishes with the process); /run is hidden (system services' unix sockets);
-- as root: setresuid/setresgid to `nobody`, which drops every capability (no privileged operation,
-  no signal to the host, no root-only file); as another user: a user namespace for the above, then
-  every capability dropped;
-- no_new_privs: setuid programs cannot give privileges back;
-- seccomp (libseccomp, which apt depends on, so every Debian system has it): new namespaces (a
-  nested user namespace would hand out capabilities), mount, ptrace, process_vm_*, keyrings, BPF,
-  perf, userfaultfd, io_uring, open_by_handle_at, modules, kexec and clock setting fail with EPERM;
-- Landlock (kernel >= 5.13): read access only to the Python standard library and the system's shared
-  libraries, write access only to the scratch dir, no execve of any program; no TCP bind/connect
-  (ABI >= 4); no signals or abstract unix sockets to processes outside the sandbox (ABI >= 6,
-  kernel >= 6.12);
-- rlimits: address space (`memory_mb`: big allocations raise MemoryError), CPU time per block and
-  per episode, file size, open files, and no new processes or threads (`RLIMIT_NPROC` = 0: a fork
-  bomb fails at its first fork);
-- wall-clock timeout per block: a timer in the worker raises TimeoutError in the model's code (the
-  REPL state is kept); if the code does not stop, the host kills the process group after a grace
-  period and the REPL restarts (state lost, and the model is told).
+and talks to it over pipes in JSON lines. Before any model code runs, the worker confines itself
+(`repl_worker.py` lists the layers in order): no network (an unconfigured loopback only), a size-limited
+tmpfs scratch dir (the host's disk cannot fill up), user `nobody` without capabilities, no_new_privs,
+a seccomp deny list, Landlock (read only the standard and shared libraries, write only the scratch
+dir, no execve, no TCP), rlimits (a fork bomb fails at its first fork). Each block has a wall-clock
+timeout: a timer in the worker raises TimeoutError in the model's code (the REPL state is kept); if
+the code does not stop, the host kills the process group after a grace period and the REPL restarts
+(state lost, and the model is told).
 
 Everything model code does wrong (a crash, a kill, garbage on the pipe, an exit) is an observation
 for the model; `Sandbox.run` never raises. With `strict` (the default), a worker whose namespaces,

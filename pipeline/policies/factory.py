@@ -1,9 +1,16 @@
-"""Build a policy from a recipe's `policy:` section."""
+"""Build a policy from a recipe's `policy:` section, and an environment's own models (the RLM's sub-model)."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+from pipeline.env.sub_model import SubModelRunner
 from pipeline.policies.base import Policy
 from pipeline.recipe import PolicySpec
+
+_SUB_POLICIES: dict[str, SubModelRunner] = {}
+_SUB_POLICIES_LOCK = threading.Lock()
 
 
 def make_policy(spec: PolicySpec) -> Policy:
@@ -53,3 +60,20 @@ def make_policy(spec: PolicySpec) -> Policy:
         max_retries=spec.max_retries,
         extra_body=extra,
     )
+
+
+def sub_policy_for(env_config: Any) -> SubModelRunner | None:
+    """The model behind an environment's `llm_query` (`env.sub_model`), for `make_env(..., sub_policy=...)`.
+
+    One runner (one loaded model or client) per distinct sub-model spec, shared by all episodes of the
+    process; None when the environment has no sub-model.
+    """
+    spec = getattr(env_config, "sub_model", None)
+    if spec is None:
+        return None
+    spec = PolicySpec.model_validate(spec.model_dump() if hasattr(spec, "model_dump") else spec)
+    key = spec.model_dump_json()
+    with _SUB_POLICIES_LOCK:
+        if key not in _SUB_POLICIES:
+            _SUB_POLICIES[key] = SubModelRunner(make_policy(spec))
+        return _SUB_POLICIES[key]

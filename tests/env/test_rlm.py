@@ -10,7 +10,9 @@ import pytest
 from pipeline.env.registry import env_config, make_env
 from pipeline.env.rlm import RLMConfig, RLMEnv, extract_code_blocks
 from pipeline.env.sandbox import SandboxConfig
+from pipeline.policies.factory import sub_policy_for
 from pipeline.policies.rlm_expert import ScriptedRLMExpert, answer_sub_prompt
+from pipeline.recipe import env_section
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.generators import GENERATORS
 from pipeline.tasks.graders import grade
@@ -258,17 +260,25 @@ def test_extract_code_blocks():
     assert extract_code_blocks("```bash\nls\n```")[0] == []
 
 
-def test_config_through_the_registry(tokenizer):
-    config = env_config({"kind": "rlm", "sub_model": {"kind": "scripted_rlm"}, "sandbox": {"memory_mb": 512}})
-    assert isinstance(config, RLMConfig) and config.sub_model.kind == "scripted_rlm"
+def test_config_through_the_registry_with_the_sub_model_built_by_the_caller(tokenizer):
+    config = env_section({"kind": "rlm", "sub_model": {"kind": "scripted_rlm"}, "sandbox": {"memory_mb": 512}})
+    assert isinstance(config, RLMConfig) and config.sub_model.kind == "scripted_rlm"  # a PolicySpec, via the recipe
     with pytest.raises(ValueError, match="max_round"):
         env_config({"kind": "rlm", "max_round": 3})
+    with pytest.raises(ValueError, match="kindd"):
+        env_section({"kind": "rlm", "sub_model": {"kindd": "scripted_rlm"}})
     task = Task(id="t1", kind="exact", question="What is the code of item7?", documents=[TEXT], answer="1007")
-    env = make_env(task, tokenizer, config)
+    with pytest.raises(ValueError, match="sub_policy"):  # the env builds no model itself
+        make_env(task, tokenizer, config)
+    runner = sub_policy_for(config)
+    assert sub_policy_for(env_config({"kind": "rlm", "sub_model": {"kind": "scripted_rlm"}})) is runner  # shared
+    env = make_env(task, tokenizer, config, sub_policy=runner)
     try:
         assert isinstance(env, RLMEnv) and "llm_query_batched runs up to 8" in env.messages()[1]["content"]
+        assert env.task is task
     finally:
         env.close()
+    assert sub_policy_for(env_config({"kind": "rlm"})) is None
 
 
 def test_aggregation_generator_is_seeded_and_its_answers_are_right(tokenizer):
