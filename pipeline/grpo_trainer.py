@@ -57,10 +57,12 @@ from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
 from pipeline.collect import make_grader
 from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_config, make_env
-from pipeline.policies.hf import KEEP_MARKUP
+from pipeline.policies.base import Action
+from pipeline.policies.hf import decode_assistant, dropped_ids
 from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_COMPONENTS, weighted_reward
+from pipeline.rollout import record_action
 from pipeline.segments import SegmentError, segment_trajectory
 from pipeline.snapshots import episode_rng, sample_segments
 from pipeline.tasks.schema import Task
@@ -243,8 +245,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
         self.segment_kwargs = dict(self.chat_template_kwargs)
         if getattr(self.env_config, "enable_thinking", None) is not None:
             self.segment_kwargs["enable_thinking"] = self.env_config.enable_thinking
-        keep = {self._tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in self._tokenizer.get_vocab()}
-        self._drop_ids = set(self._tokenizer.all_special_ids) - keep
+        self._drop_ids = dropped_ids(self._tokenizer)
         self._generated_at = -1  # the micro-step (self._step) whose generation is buffered
         self._generator: PrefixCachingGenerator | None = None  # set while a generation plays (prefix_cache)
 
@@ -461,8 +462,13 @@ class StateLMGRPOTrainer(GRPOTrainer):
             prompts = [self._prompt_ids(envs[i]) for i in live]
             completions, logprobs = self._generate_round(prompts, lockstep)
             for j, i in enumerate(live):
-                envs[i].step(self._decode(completions[j]))
-                sampled[i].append((list(completions[j]), None if logprobs is None else list(logprobs[j])))
+                ids, logps = list(completions[j]), None if logprobs is None else list(logprobs[j])
+                turns_before = len(envs[i].turns)
+                action = Action(decode_assistant(self._tokenizer, ids, self._drop_ids), token_ids=ids, logprobs=logps)
+                envs[i].step(action.text)
+                if len(envs[i].turns) > turns_before:
+                    record_action(envs[i].turns[-1], action)
+                sampled[i].append((ids, logps))
                 if envs[i].done:
                     bar.update(1)
                     bar.set_postfix(end=envs[i].end_state, refresh=False)
@@ -520,10 +526,6 @@ class StateLMGRPOTrainer(GRPOTrainer):
         completions = payload[0][start : start + len(prompts)]
         logprobs = [[lp[0] for lp in seq] for seq in payload[1][start : start + len(prompts)]]
         return completions, logprobs
-
-    def _decode(self, token_ids: list[int]) -> str:
-        """The raw assistant text: tool-call and think markup kept, end-of-turn and padding dropped."""
-        return self._tokenizer.decode([t for t in token_ids if t not in self._drop_ids], skip_special_tokens=False)
 
     # -- rows and chunks -------------------------------------------------------------------------------------
     def _rows(self, episodes: list[PlayedEpisode], advantages: list[float]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -123,8 +123,10 @@ async def play_episode(
 
 
 def record_action(turn: Any, action: Action) -> None:
-    """What the policy said about its turn beyond the text: not to train it, why its output ended."""
+    """What the policy said about its turn beyond the text: not to train it, why its output ended, the ids it
+    sampled."""
     turn.trained = action.trained
+    turn.token_ids, turn.logprobs = action.token_ids, action.logprobs
     if action.finish_reason is not None:
         turn.finish_reason = action.finish_reason
         turn.error = "truncated" if action.finish_reason == "length" else None
