@@ -16,7 +16,10 @@ One generation (every `steps_per_generation` micro-steps):
    weights, gathered across processes; group advantages (`pipeline/advantages.py`).
 3. cut and sample: segments of each episode, at most `max_segments_per_episode` picked
    (`pipeline/snapshots.py`), weights 1/k per episode.
-4. rows: a segment's tokens split at its first trained token into TRL's prompt / completion, with
+4. rows (`pipeline/grpo_rows.py`): token-in/token-out, every assistant turn's trained tokens are the ids it
+   sampled (each with its sampling logprob under vLLM), never a re-encoding of its text; the share of turns
+   whose re-encoding would have differed is logged as `reencode_mismatch_share`. A segment's tokens split at
+   its first trained token into TRL's prompt / completion, with
    `tool_mask` = the segment's assistant mask, so TRL's loss sees assistant tokens only. The per-row weight
    is folded into the advantage (the clipped surrogate is positively homogeneous in it).
 
@@ -57,14 +60,13 @@ from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
 from pipeline.collect import make_grader
 from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_config, make_env
+from pipeline.grpo_rows import episode_rows
 from pipeline.policies.base import Action
 from pipeline.policies.hf import decode_assistant, dropped_ids
 from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_COMPONENTS, weighted_reward
 from pipeline.rollout import record_action
-from pipeline.segments import SegmentError, segment_trajectory
-from pipeline.snapshots import episode_rng, sample_segments
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import END_STATES, Trajectory
 
@@ -209,10 +211,9 @@ def tasks_dataset(tasks: list[Task]) -> Dataset:
 
 @dataclass
 class PlayedEpisode:
-    """One played episode and what training needs from it."""
+    """One played episode; what training needs beyond the record (the sampled ids) is on its turns."""
 
     trajectory: Trajectory
-    sampled: list[tuple[list[int], list[float] | None]]  # per turn: generated ids and their sampler logprobs
 
 
 class StateLMGRPOTrainer(GRPOTrainer):
@@ -380,7 +381,10 @@ class StateLMGRPOTrainer(GRPOTrainer):
                 raise RuntimeError(f"episode {episode.trajectory.episode_id}: reward {reward} != {expected}")
 
         # Segments, sampling, rows
-        rows, stats = self._rows(episodes, local_advantages)
+        rows, stats = episode_rows(
+            self._tokenizer, [e.trajectory for e in episodes], local_advantages, args, self.state.global_step,
+            self.segment_kwargs, sampling_logps=self.use_vllm,
+        )  # fmt: skip
         chunks = self._chunks(rows)
         self._log_generation(episodes, rewards_per_func, rewards, advantages, stats, chunks)
         self._update_curriculum(episodes)
@@ -405,17 +409,16 @@ class StateLMGRPOTrainer(GRPOTrainer):
             self.vllm_generation.sync_weights()  # collective: every process, once per generation
             self._last_loaded_step = self.state.global_step
         envs = [make_env(task, self._tokenizer, self.env_config) for task in tasks]
-        sampled: list[list[tuple[list[int], list[float] | None]]] = [[] for _ in envs]
         with self._prefix_cached_generation():
-            self._play_rounds(envs, sampled)
+            self._play_rounds(envs)
         episodes = []
-        for task, env, episode_id, turns in zip(tasks, envs, episode_ids, sampled, strict=True):
+        for task, env, episode_id in zip(tasks, envs, episode_ids, strict=True):
             correct = env.end_state == "finished" and self.grader(task, env.answer)
             metadata = {"task_kind": task.kind, "global_step": self.state.global_step}
             trajectory = env.trajectory(
                 episode_id, task.id, "grpo", self.args.seed, correct, self.args.rewards, metadata
             )
-            episodes.append(PlayedEpisode(trajectory, turns))
+            episodes.append(PlayedEpisode(trajectory))
         return episodes
 
     @contextlib.contextmanager
@@ -443,7 +446,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
                 self._generator.clear()
                 self._generator = None
 
-    def _play_rounds(self, envs: list, sampled: list) -> None:
+    def _play_rounds(self, envs: list) -> None:
         """Lockstep rounds until every local environment is done (all processes, when generation is collective)."""
         lockstep = self._generation_is_collective() and self._generator is None
         bar = tqdm(
@@ -468,7 +471,6 @@ class StateLMGRPOTrainer(GRPOTrainer):
                 envs[i].step(action.text)
                 if len(envs[i].turns) > turns_before:
                     record_action(envs[i].turns[-1], action)
-                sampled[i].append((ids, logps))
                 if envs[i].done:
                     bar.update(1)
                     bar.set_postfix(end=envs[i].end_state, refresh=False)
@@ -527,61 +529,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
         logprobs = [[lp[0] for lp in seq] for seq in payload[1][start : start + len(prompts)]]
         return completions, logprobs
 
-    # -- rows and chunks -------------------------------------------------------------------------------------
-    def _rows(self, episodes: list[PlayedEpisode], advantages: list[float]) -> tuple[list[dict[str, Any]], list[int]]:
-        """The sampled segments of every episode as rows: prompt / completion split, mask, weighted advantage."""
-        args = self.args
-        rows_per_process = args.steps_per_generation * args.per_device_train_batch_size
-        rows, stats = [], [0, 0, 0, 0]  # segments cut, trained, unsegmentable episodes, edit-adjacent picks
-        for episode, advantage in zip(episodes, advantages, strict=True):
-            traj = episode.trajectory
-            try:
-                segments = segment_trajectory(
-                    self._tokenizer, traj, max_tokens_per_segment=args.max_tokens_per_segment,
-                    chat_template_kwargs=self.segment_kwargs,
-                )  # fmt: skip
-            except SegmentError as exc:  # e.g. garbage text that merges with the template: no rows, still scored
-                logger.warning("episode %s is not trained: %s", traj.episode_id, exc)
-                segments = []
-            picks = sample_segments(
-                [s.ends_with_edit for s in segments],
-                [s.starts_after_edit for s in segments],
-                args.max_segments_per_episode,
-                episode_rng(args.seed, self.state.global_step, traj.episode_id),
-            )
-            stats[0] += len(segments)
-            stats[1] += len(picks)
-            stats[2] += int(bool(traj.turns) and not segments)
-            stats[3] += sum(pick.reason == "edit" for pick in picks)
-            for pick in picks:
-                segment = segments[pick.index]
-                # Each episode's row weights sum to rows_per_process / episodes: with TRL's per-row mean over the
-                # chunk and the division by the accumulation steps, every episode weighs 1 / episodes.
-                weight = pick.weight * rows_per_process / len(episodes)
-                rows.append(self._row(episode, segment, advantage * weight))
-        return rows, stats
-
-    def _row(self, episode: PlayedEpisode, segment, advantage: float) -> dict[str, Any]:
-        ids, mask = segment.input_ids, segment.completion_mask
-        start = mask.index(1)  # segments always hold a trained token: every turn of an episode is trained
-        row = {
-            "prompt": ids[:start],
-            "completion": ids[start:],
-            "tool_mask": mask[start:],
-            "advantage": advantage,
-        }
-        if self.use_vllm:
-            # The sampler's logprobs where the segment's trained tokens are the sampled ones; NaN elsewhere (no
-            # correction there: TRL turns NaN into ratio 1)
-            logps = [float("nan")] * len(ids)
-            for turn, (lo, hi) in zip(segment.turns, segment.spans, strict=True):
-                generated, generated_logps = episode.sampled[turn]
-                n = min(len(generated), hi - lo)
-                if generated_logps is not None and ids[lo : lo + n] == generated[:n]:
-                    logps[lo : lo + n] = generated_logps[:n]
-            row["sampling_logps"] = logps[start:]
-        return row
-
+    # -- chunks --------------------------------------------------------------------------------------------
     def _chunks(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`steps_per_generation` chunks of `per_device_train_batch_size` rows, padded with empty rows."""
         args, device = self.args, self.accelerator.device
@@ -708,9 +656,10 @@ class StateLMGRPOTrainer(GRPOTrainer):
         metrics["episodes/rounds"].append(sum(e["rounds"] for e in everything) / n)
         metrics["episodes/format_errors"].append(sum(e["format_errors"] for e in everything) / n)
 
-        # stats: per-episode sums [segments cut, segments trained, unsegmentable, edit-adjacent picks], episodes
-        totals = torch.tensor([*stats, len(episodes)], dtype=torch.float64, device=self.accelerator.device)
-        cut, picked, unsegmentable, edit_picks, n_episodes = gather(totals[None]).sum(dim=0).tolist()
+        totals = torch.tensor([*stats.as_list(), len(episodes)], dtype=torch.float64, device=self.accelerator.device)
+        cut, picked, unsegmentable, edit_picks, sampled, mismatched, n_episodes = gather(totals[None]).sum(0).tolist()
+        # the share of sampled turns whose decode -> encode would have changed the ids (trained as sampled here)
+        metrics["reencode_mismatch_share"].append(mismatched / max(sampled, 1))
         metrics["segments/per_episode"].append(cut / n_episodes)
         metrics["segments/trained_per_episode"].append(picked / n_episodes)
         metrics["segments/edit_adjacent_share"].append(edit_picks / max(picked, 1))
