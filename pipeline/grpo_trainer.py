@@ -36,6 +36,7 @@ nothing; real rows go first, longest first, so padding inside a chunk is small.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -59,14 +60,14 @@ from trl.trainer.utils import RepeatSampler, nanstd, pad, use_adapter
 from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
 from pipeline.collect import make_grader
 from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
-from pipeline.env.registry import env_config, make_env
+from pipeline.env.registry import env_config
+from pipeline.episodes import Episode, PlaySettings, play_in_rounds
 from pipeline.grpo_rows import episode_rows
 from pipeline.policies.base import Action
 from pipeline.policies.hf import decode_assistant, dropped_ids
 from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_COMPONENTS, weighted_reward
-from pipeline.rollout import record_action
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import END_STATES, Trajectory
 
@@ -404,22 +405,53 @@ class StateLMGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["curriculum/success_rate"].append(self.curriculum.success_rate)
 
     def _play(self, tasks: list[Task], episode_ids: list[str]) -> list[PlayedEpisode]:
-        """All local episodes in lockstep rounds of batched generation, until every environment is done."""
+        """All local episodes through the one episode loop (pipeline/episodes.py), in lockstep rounds of batched
+        generation until every environment is done; records in the order of `tasks`."""
         if self.use_vllm and self.state.global_step != self._last_loaded_step:
             self.vllm_generation.sync_weights()  # collective: every process, once per generation
             self._last_loaded_step = self.state.global_step
-        envs = [make_env(task, self._tokenizer, self.env_config) for task in tasks]
+        step = self.state.global_step
+        settings = PlaySettings(self._tokenizer, self.env_config, self.grader, self.args.rewards, "grpo",
+                                {"global_step": step})  # fmt: skip
+        if len(set(episode_ids)) != len(episode_ids):
+            raise RuntimeError(f"episode ids repeat within a generation: {episode_ids}")
+        episodes = [Episode(t, k, self.args.seed, i) for k, (t, i) in enumerate(zip(tasks, episode_ids, strict=True))]
+        played: dict[str, Trajectory] = {}
+        bar = tqdm(total=len(episodes), desc=f"episodes (step {step + 1})", leave=False,
+                   disable=not self.accelerator.is_local_main_process or self.args.disable_tqdm)  # fmt: skip
+
+        async def done(trajectory: Trajectory) -> None:
+            played[trajectory.episode_id] = trajectory
+            bar.update(1)
+            bar.set_postfix(end=trajectory.end_state, refresh=False)
+
         with self._prefix_cached_generation():
-            self._play_rounds(envs)
-        episodes = []
-        for task, env, episode_id in zip(tasks, envs, episode_ids, strict=True):
-            correct = env.end_state == "finished" and self.grader(task, env.answer)
-            metadata = {"task_kind": task.kind, "global_step": self.state.global_step}
-            trajectory = env.trajectory(
-                episode_id, task.id, "grpo", self.args.seed, correct, self.args.rewards, metadata
-            )
-            episodes.append(PlayedEpisode(trajectory))
-        return episodes
+            lockstep = self._generation_is_collective() and self._generator is None
+            collective = self._any_process_live if lockstep else None
+            asyncio.run(play_in_rounds(episodes, self._generate_actions(lockstep), settings, len(episodes), done,
+                                       collective))  # fmt: skip
+        bar.close()
+        return [PlayedEpisode(played[e.episode_id]) for e in episodes]
+
+    def _any_process_live(self, live: int) -> bool:
+        """Collective generation: another round while any process has a live episode (all run the same rounds)."""
+        return gather(torch.tensor([live], device=self.accelerator.device)).sum().item() > 0
+
+    def _generate_actions(self, lockstep: bool):
+        """The episode loop's round: render every live context, generate through TRL's backends, and hand back
+        the decoded text with the sampled ids (and vLLM's logprobs): token-in/token-out."""
+
+        async def generate(contexts, tools, seeds) -> list[Action]:
+            prompts = [self._prompt_ids(m, t) for m, t in zip(contexts, tools, strict=True)]
+            completions, logprobs = self._generate_round(prompts, lockstep)
+            actions = []
+            for k, ids in enumerate(completions):
+                logps = None if logprobs is None else list(logprobs[k])
+                text = decode_assistant(self._tokenizer, list(ids), self._drop_ids)
+                actions.append(Action(text, token_ids=list(ids), logprobs=logps))
+            return actions
+
+        return generate
 
     @contextlib.contextmanager
     def _prefix_cached_generation(self):
@@ -446,36 +478,6 @@ class StateLMGRPOTrainer(GRPOTrainer):
                 self._generator.clear()
                 self._generator = None
 
-    def _play_rounds(self, envs: list) -> None:
-        """Lockstep rounds until every local environment is done (all processes, when generation is collective)."""
-        lockstep = self._generation_is_collective() and self._generator is None
-        bar = tqdm(
-            total=len(envs),
-            desc=f"episodes (step {self.state.global_step + 1})",
-            disable=not self.accelerator.is_local_main_process or self.args.disable_tqdm,
-            leave=False,
-        )
-        while True:
-            live = [i for i, env in enumerate(envs) if not env.done]
-            if lockstep:
-                if gather(torch.tensor([len(live)], device=self.accelerator.device)).sum().item() == 0:
-                    break
-            elif not live:
-                break
-            prompts = [self._prompt_ids(envs[i]) for i in live]
-            completions, logprobs = self._generate_round(prompts, lockstep)
-            for j, i in enumerate(live):
-                ids, logps = list(completions[j]), None if logprobs is None else list(logprobs[j])
-                turns_before = len(envs[i].turns)
-                action = Action(decode_assistant(self._tokenizer, ids, self._drop_ids), token_ids=ids, logprobs=logps)
-                envs[i].step(action.text)
-                if len(envs[i].turns) > turns_before:
-                    record_action(envs[i].turns[-1], action)
-                if envs[i].done:
-                    bar.update(1)
-                    bar.set_postfix(end=envs[i].end_state, refresh=False)
-        bar.close()
-
     def _generation_is_collective(self) -> bool:
         """Whether a generation call needs every process (then all processes run the same number of rounds)."""
         if self.accelerator.num_processes == 1:
@@ -485,10 +487,10 @@ class StateLMGRPOTrainer(GRPOTrainer):
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         return zero3 or self.is_fsdp_enabled
 
-    def _prompt_ids(self, env) -> list[int]:
+    def _prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
         return self._tokenizer.apply_chat_template(
-            env.messages(), tools=env.tools or None, add_generation_prompt=True, tokenize=True,
-            return_dict=True, **self.segment_kwargs,
+            messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=True,
+            **self.segment_kwargs,
         )["input_ids"]  # fmt: skip
 
     def _generate_round(self, prompts: list[list[int]], lockstep: bool) -> tuple[list[list[int]], list | None]:
