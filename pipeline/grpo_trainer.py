@@ -29,8 +29,9 @@ current stage's sizes, every episode's grade (gathered over processes, so all ag
 rate, the stage is logged as `curriculum/stage`, and each checkpoint holds `curriculum.json`, from which a resumed
 run continues at the same stage.
 
-Shapes (`pipeline/grpo_chunks.py`). Every process trains `E_local * max_segments_per_episode` rows per generation in fixed chunks of
-`per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's collectives see equal shapes.
+Shapes (`pipeline/grpo_chunks.py`). Every process trains `E_local * max_segments_per_episode` rows per generation
+in fixed chunks of `per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's collectives see
+equal shapes.
 Episodes with fewer segments leave empty rows: one-token rows with an all-zero mask that cost almost
 nothing; real rows go first, longest first, so padding inside a chunk is small.
 """
