@@ -8,8 +8,9 @@ training rows (segments, `pipeline/segments.py`), every one carrying its episode
 
 One generation (every `steps_per_generation` micro-steps):
 
-1. play: all local episodes advance in rounds; a round renders every live context, generates one
-   assistant message each (batched: TRL's `_generate_single_turn`, i.e. HF `generate` under
+1. play (`pipeline/grpo_generation.py`, through the one episode loop `pipeline/episodes.py`): all local
+   episodes advance in rounds; a round renders every live context, generates one assistant message each
+   (batched: the prefix-cached generator, TRL's `_generate_single_turn`, i.e. HF `generate` under
    `unwrap_model_for_generation`, or vLLM colocate; vLLM server through TRL's client), and steps the
    environments. Budgets and end states are the environment's (`max_completion_length` is the per-turn cap).
 2. score: each episode's reward is its record's, scored once by its environment's rubric with the recipe's
@@ -17,7 +18,10 @@ One generation (every `steps_per_generation` micro-steps):
    across processes; group advantages (`pipeline/advantages.py`).
 3. cut and sample: segments of each episode, at most `max_segments_per_episode` picked
    (`pipeline/snapshots.py`), weights 1/k per episode.
-4. rows: a segment's tokens split at its first trained token into TRL's prompt / completion, with
+4. rows (`pipeline/grpo_rows.py`): token-in/token-out, every assistant turn's trained tokens are the ids it
+   sampled (each with its sampling logprob under vLLM), never a re-encoding of its text; the share of turns
+   whose re-encoding would have differed is logged as `reencode_mismatch_share`. A segment's tokens split at
+   its first trained token into TRL's prompt / completion, with
    `tool_mask` = the segment's assistant mask, so TRL's loss sees assistant tokens only. The per-row weight
    is folded into the advantage (the clipped surrogate is positively homogeneous in it).
 
@@ -26,47 +30,42 @@ current stage's sizes, every episode's grade (gathered over processes, so all ag
 rate, the stage is logged as `curriculum/stage`, and each checkpoint holds `curriculum.json`, from which a resumed
 run continues at the same stage.
 
-Shapes. Every process trains `E_local * max_segments_per_episode` rows per generation in fixed chunks of
-`per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's collectives see equal shapes.
+Shapes (`pipeline/grpo_chunks.py`). Every process trains `E_local * max_segments_per_episode` rows per generation
+in fixed chunks of `per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's collectives see
+equal shapes.
 Episodes with fewer segments leave empty rows: one-token rows with an all-zero mask that cost almost
 nothing; real rows go first, longest first, so padding inside a chunk is small.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from accelerate.utils import broadcast_object_list, gather, gather_object
+from accelerate.utils import gather, gather_object
 from datasets import Dataset
 from pydantic import ValidationError
-from tqdm.auto import tqdm
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
-from trl.models import unwrap_model_for_generation
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import RepeatSampler, nanstd, pad, use_adapter
+from trl.trainer.utils import RepeatSampler
 
 from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
 from pipeline.collect import make_grader
 from pipeline.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_class, env_config
-from pipeline.policies.hf import KEEP_MARKUP
-from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
+from pipeline.grpo_chunks import RowChunks
+from pipeline.grpo_generation import EpisodeGeneration, PlayedEpisode
+from pipeline.grpo_metrics import GenerationMetrics
+from pipeline.grpo_rows import episode_rows
+from pipeline.policies.hf import dropped_ids
+from pipeline.policies.prefix_cache import PrefixCachingGenerator
 from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
-from pipeline.rollout import env_for
-from pipeline.segments import SegmentError, segment_trajectory
-from pipeline.snapshots import episode_rng, sample_segments
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import END_STATES, Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -220,16 +219,9 @@ def tasks_dataset(tasks: list[Task]) -> Dataset:
     return Dataset.from_list([{"prompt": t.question, "task": t.model_dump_json()} for t in tasks])
 
 
-@dataclass
-class PlayedEpisode:
-    """One played episode and what training needs from it."""
-
-    trajectory: Trajectory
-    sampled: list[tuple[list[int], list[float] | None]]  # per turn: generated ids and their sampler logprobs
-
-
-class StateLMGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose generation step plays Pensieve episodes and emits sampled segments as rows."""
+class StateLMGRPOTrainer(EpisodeGeneration, RowChunks, GenerationMetrics, GRPOTrainer):
+    """GRPOTrainer whose generation step plays Pensieve episodes and emits sampled segments as rows. Its jobs live
+    in mixins: playing (`grpo_generation.py`), chunks and logprobs (`grpo_chunks.py`), the log (`grpo_metrics.py`)."""
 
     card_section = ""
 
@@ -258,8 +250,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
         self.segment_kwargs = dict(self.chat_template_kwargs)
         if getattr(self.env_config, "enable_thinking", None) is not None:
             self.segment_kwargs["enable_thinking"] = self.env_config.enable_thinking
-        keep = {self._tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in self._tokenizer.get_vocab()}
-        self._drop_ids = set(self._tokenizer.all_special_ids) - keep
+        self._drop_ids = dropped_ids(self._tokenizer)
         self._generated_at = -1  # the micro-step (self._step) whose generation is buffered
         self._generator: PrefixCachingGenerator | None = None  # set while a generation plays (prefix_cache)
 
@@ -392,7 +383,10 @@ class StateLMGRPOTrainer(GRPOTrainer):
         local_advantages = advantages[first : first + len(tasks)].tolist()
 
         # Segments, sampling, rows
-        rows, stats = self._rows(episodes, local_advantages)
+        rows, stats = episode_rows(
+            self._tokenizer, [e.trajectory for e in episodes], local_advantages, args, self.state.global_step,
+            self.segment_kwargs, sampling_logps=self.use_vllm,
+        )  # fmt: skip
         chunks = self._chunks(rows)
         self._log_generation(episodes, rewards_per_func, rewards, advantages, stats, chunks)
         self._update_curriculum(episodes)
@@ -410,323 +404,3 @@ class StateLMGRPOTrainer(GRPOTrainer):
                             self.curriculum.stage.generator_kwargs())  # fmt: skip
         self._metrics["train"]["curriculum/stage"].append(played)
         self._metrics["train"]["curriculum/success_rate"].append(self.curriculum.success_rate)
-
-    def _play(self, tasks: list[Task], episode_ids: list[str]) -> list[PlayedEpisode]:
-        """All local episodes in lockstep rounds of batched generation, until every environment is done."""
-        if self.use_vllm and self.state.global_step != self._last_loaded_step:
-            self.vllm_generation.sync_weights()  # collective: every process, once per generation
-            self._last_loaded_step = self.state.global_step
-        envs = [env_for(task, self._tokenizer, self.env_config) for task in tasks]
-        sampled: list[list[tuple[list[int], list[float] | None]]] = [[] for _ in envs]
-        with self._prefix_cached_generation():
-            self._play_rounds(envs, sampled)
-        episodes = []
-        for task, env, episode_id, turns in zip(tasks, envs, episode_ids, sampled, strict=True):
-            correct = env.end_state == "finished" and self.grader(task, env.answer)
-            metadata = {"task_kind": task.kind, "global_step": self.state.global_step}
-            trajectory = env.trajectory(
-                episode_id, task.id, "grpo", self.args.seed, correct, self.args.rewards, metadata
-            )
-            episodes.append(PlayedEpisode(trajectory, turns))
-        return episodes
-
-    @contextlib.contextmanager
-    def _prefix_cached_generation(self):
-        """With HF generation and `prefix_cache`, one unwrapped model (ZeRO-3: gathered once) generates every round
-        of this generation through a fresh prefix cache (the weights changed since the last one)."""
-        self._generator = None
-        if self.use_vllm or not self.args.prefix_cache:
-            yield
-            return
-        with (
-            unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                generation_kwargs=self.generation_kwargs,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ) as unwrapped,
-            torch.no_grad(),
-        ):  # fmt: skip
-            pad_id = self._tokenizer.pad_token_id
-            entries = 2 * self.args.episodes_per_process + 8
-            self._generator = PrefixCachingGenerator(unwrapped, pad_id, self.eos_token_ids, max_entries=entries)
-            try:
-                yield
-            finally:
-                self._generator.clear()
-                self._generator = None
-
-    def _play_rounds(self, envs: list, sampled: list) -> None:
-        """Lockstep rounds until every local environment is done (all processes, when generation is collective)."""
-        lockstep = self._generation_is_collective() and self._generator is None
-        bar = tqdm(
-            total=len(envs),
-            desc=f"episodes (step {self.state.global_step + 1})",
-            disable=not self.accelerator.is_local_main_process or self.args.disable_tqdm,
-            leave=False,
-        )
-        while True:
-            live = [i for i, env in enumerate(envs) if not env.done]
-            if lockstep:
-                if gather(torch.tensor([len(live)], device=self.accelerator.device)).sum().item() == 0:
-                    break
-            elif not live:
-                break
-            prompts = [self._prompt_ids(envs[i]) for i in live]
-            completions, logprobs = self._generate_round(prompts, lockstep)
-            for j, i in enumerate(live):
-                envs[i].step(self._decode(completions[j]))
-                sampled[i].append((list(completions[j]), None if logprobs is None else list(logprobs[j])))
-                if envs[i].done:
-                    bar.update(1)
-                    bar.set_postfix(end=envs[i].end_state, refresh=False)
-        bar.close()
-
-    def _generation_is_collective(self) -> bool:
-        """Whether a generation call needs every process (then all processes run the same number of rounds)."""
-        if self.accelerator.num_processes == 1:
-            return False
-        if self.use_vllm:
-            return self.vllm_mode == "server"
-        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        return zero3 or self.is_fsdp_enabled
-
-    def _prompt_ids(self, env) -> list[int]:
-        return self._tokenizer.apply_chat_template(
-            env.messages(), tools=env.tools or None, add_generation_prompt=True, tokenize=True,
-            return_dict=True, **self.segment_kwargs,
-        )["input_ids"]  # fmt: skip
-
-    def _generate_round(self, prompts: list[list[int]], lockstep: bool) -> tuple[list[list[int]], list | None]:
-        """One assistant message per prompt, through TRL's generation backends."""
-        if self.use_vllm and self.vllm_mode == "server":
-            return self._generate_vllm_server(prompts)
-        if self._generator is not None:
-            settings = SamplingSettings(self.max_completion_length, self.temperature, self.top_p, self.top_k)
-            return self._generator.generate(prompts, settings), None
-        if not prompts:
-            if not lockstep:
-                return [], None
-            # A process with no live episode still takes part (ZeRO-3 gathers weights for generate)
-            self._generate_single_turn([[self._tokenizer.eos_token_id]], None, {}, 1)
-            return [], None
-        return self._generate_single_turn(prompts, None, {}, 1)
-
-    def _generate_vllm_server(self, prompts: list[list[int]]) -> tuple[list[list[int]], list]:
-        """TRL's vLLM server client with per-process prompt counts that differ (episodes end at different rounds).
-        Untested here: vLLM does not install on this CPU-only machine."""
-        gen = self.vllm_generation
-        per_process = gather_object([prompts])
-        payload = None
-        if self.accelerator.is_main_process:
-            flat = [p for chunk in per_process for p in chunk]
-            output = {"completion_ids": [], "logprobs": []}
-            if flat:
-                output = gen.vllm_client.generate(
-                    prompts=flat, n=1, repetition_penalty=gen.repetition_penalty, temperature=gen.temperature,
-                    top_p=gen.top_p, top_k=gen.top_k, min_p=0.0 if gen.min_p is None else gen.min_p,
-                    max_tokens=gen.max_completion_length, logprobs=gen.logprobs,
-                    structured_outputs_regex=gen.structured_outputs_regex, generation_kwargs=gen.generation_kwargs,
-                )  # fmt: skip
-            payload = (output["completion_ids"], output["logprobs"])
-        payload = broadcast_object_list([payload], from_process=0)[0]
-        start = sum(len(chunk) for chunk in per_process[: self.accelerator.process_index])
-        completions = payload[0][start : start + len(prompts)]
-        logprobs = [[lp[0] for lp in seq] for seq in payload[1][start : start + len(prompts)]]
-        return completions, logprobs
-
-    def _decode(self, token_ids: list[int]) -> str:
-        """The raw assistant text: tool-call and think markup kept, end-of-turn and padding dropped."""
-        return self._tokenizer.decode([t for t in token_ids if t not in self._drop_ids], skip_special_tokens=False)
-
-    # -- rows and chunks -------------------------------------------------------------------------------------
-    def _rows(self, episodes: list[PlayedEpisode], advantages: list[float]) -> tuple[list[dict[str, Any]], list[int]]:
-        """The sampled segments of every episode as rows: prompt / completion split, mask, weighted advantage."""
-        args = self.args
-        rows_per_process = args.steps_per_generation * args.per_device_train_batch_size
-        rows, stats = [], [0, 0, 0, 0]  # segments cut, trained, unsegmentable episodes, edit-adjacent picks
-        for episode, advantage in zip(episodes, advantages, strict=True):
-            traj = episode.trajectory
-            try:
-                segments = segment_trajectory(
-                    self._tokenizer, traj, max_tokens_per_segment=args.max_tokens_per_segment,
-                    chat_template_kwargs=self.segment_kwargs,
-                )  # fmt: skip
-            except SegmentError as exc:  # e.g. garbage text that merges with the template: no rows, still scored
-                logger.warning("episode %s is not trained: %s", traj.episode_id, exc)
-                segments = []
-            picks = sample_segments(
-                [s.ends_with_edit for s in segments],
-                [s.starts_after_edit for s in segments],
-                args.max_segments_per_episode,
-                episode_rng(args.seed, self.state.global_step, traj.episode_id),
-            )
-            stats[0] += len(segments)
-            stats[1] += len(picks)
-            stats[2] += int(bool(traj.turns) and not segments)
-            stats[3] += sum(pick.reason == "edit" for pick in picks)
-            for pick in picks:
-                segment = segments[pick.index]
-                # Each episode's row weights sum to rows_per_process / episodes: with TRL's per-row mean over the
-                # chunk and the division by the accumulation steps, every episode weighs 1 / episodes.
-                weight = pick.weight * rows_per_process / len(episodes)
-                rows.append(self._row(episode, segment, advantage * weight))
-        return rows, stats
-
-    def _row(self, episode: PlayedEpisode, segment, advantage: float) -> dict[str, Any]:
-        ids, mask = segment.input_ids, segment.completion_mask
-        start = mask.index(1)  # segments always hold a trained token: every turn of an episode is trained
-        row = {
-            "prompt": ids[:start],
-            "completion": ids[start:],
-            "tool_mask": mask[start:],
-            "advantage": advantage,
-        }
-        if self.use_vllm:
-            # The sampler's logprobs where the segment's trained tokens are the sampled ones; NaN elsewhere (no
-            # correction there: TRL turns NaN into ratio 1)
-            logps = [float("nan")] * len(ids)
-            for turn, (lo, hi) in zip(segment.turns, segment.spans, strict=True):
-                generated, generated_logps = episode.sampled[turn]
-                n = min(len(generated), hi - lo)
-                if generated_logps is not None and ids[lo : lo + n] == generated[:n]:
-                    logps[lo : lo + n] = generated_logps[:n]
-            row["sampling_logps"] = logps[start:]
-        return row
-
-    def _chunks(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`steps_per_generation` chunks of `per_device_train_batch_size` rows, padded with empty rows."""
-        args, device = self.args, self.accelerator.device
-        size, steps = args.per_device_train_batch_size, args.steps_per_generation
-        total = size * steps
-        if len(rows) > total:  # cannot happen: at most max_segments_per_episode rows per episode
-            raise RuntimeError(f"{len(rows)} rows for {total} slots")
-        # Empty rows first, then real rows longest first: the last micro-step (the optimizer step) trains rows
-        # whenever there are any, and leading chunks that are empty on every process are skipped
-        rows = sorted(rows, key=lambda r: len(r["prompt"]) + len(r["completion"]), reverse=True)
-        pad_id = self._tokenizer.pad_token_id
-        empty = {"prompt": [pad_id], "completion": [pad_id], "tool_mask": [0], "advantage": 0.0, "empty": True}
-        if self.use_vllm:
-            empty["sampling_logps"] = [float("nan")]
-        rows = [empty] * (total - len(rows)) + rows
-        real = torch.tensor([sum(not r.get("empty") for r in rows[k * size : (k + 1) * size]) for k in range(steps)])
-        real_anywhere = gather(real[None].to(device)).sum(dim=0).tolist()
-        num_items = gather(torch.tensor(sum(sum(r["tool_mask"]) for r in rows), device=device)).sum()
-        chunks = []
-        for k in range(steps):
-            part = rows[k * size : (k + 1) * size]
-            chunk = {
-                "skip": real_anywhere[k] == 0 and k < steps - 1,
-                "empty": real_anywhere[k] == 0,
-                "prompt_ids": pad([torch.tensor(r["prompt"]) for r in part], pad_id, "left").to(device),
-                "prompt_mask": pad([torch.ones(len(r["prompt"]), dtype=torch.long) for r in part], 0, "left").to(
-                    device
-                ),
-                "completion_ids": pad([torch.tensor(r["completion"]) for r in part], pad_id, "right").to(device),
-                "completion_mask": pad(
-                    [torch.full((len(r["completion"]),), 0 if r.get("empty") else 1) for r in part], 0, "right"
-                ).to(device),
-                "tool_mask": pad([torch.tensor(r["tool_mask"]) for r in part], 0, "right").to(device),
-                "advantages": torch.tensor([r["advantage"] for r in part], dtype=torch.float32, device=device),
-                "num_items_in_batch": num_items,
-            }
-            if self.use_vllm:
-                chunk["sampling_per_token_logps"] = pad(
-                    [torch.tensor(r["sampling_logps"], dtype=torch.float32) for r in part], 0.0, "right"
-                ).to(device)
-            if chunk["skip"]:
-                chunks.append(chunk)
-                continue
-            self._add_logps(chunk)
-            chunks.append(chunk)
-        return chunks
-
-    @torch.no_grad()
-    def _add_logps(self, chunk: dict[str, Any]) -> None:
-        """Old (rollout-time) and reference logprobs, when TRL's loss needs them (as in TRL)."""
-        ids = torch.cat([chunk["prompt_ids"], chunk["completion_ids"]], dim=1)
-        attention = torch.cat([chunk["prompt_mask"], chunk["completion_mask"]], dim=1)
-        keep, size = chunk["completion_ids"].size(1), self.args.per_device_train_batch_size
-        vllm_correction = self.use_vllm and self.vllm_importance_sampling_correction
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            # The policy moves between generation and use only with several passes (num_iterations > 1), or the
-            # sampler is another engine (vLLM): then the ratio needs the rollout-time logprobs.
-            if self.num_iterations > 1 or vllm_correction:
-                chunk["old_per_token_logps"] = self._get_per_token_logps_and_entropies(
-                    self.model, ids, attention, keep, batch_size=size
-                )[0]
-            if self.beta != 0.0:
-                if self.ref_model is not None:
-                    ref = self._get_per_token_logps_and_entropies(self.ref_model, ids, attention, keep, size)[0]
-                else:  # PEFT: the base model (adapters off) or the "ref" adapter
-                    model = self.accelerator.unwrap_model(self.model)
-                    with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
-                        ref = self._get_per_token_logps_and_entropies(self.model, ids, attention, keep, size)[0]
-                chunk["ref_per_token_logps"] = ref
-        if vllm_correction:
-            chunk["importance_sampling_ratio"] = self._importance_sampling_ratio(chunk)
-
-    def _importance_sampling_ratio(self, chunk: dict[str, Any]) -> torch.Tensor:
-        """TRL's vLLM importance-sampling correction (its `_generate_and_score_completions`), on our rows."""
-        mask = chunk["completion_mask"] * chunk["tool_mask"]
-        diff = torch.nan_to_num((chunk["old_per_token_logps"] - chunk["sampling_per_token_logps"]) * mask, nan=0.0)
-        mode = self.vllm_importance_sampling_mode
-        ratio = torch.exp(diff.sum(dim=-1, keepdim=True) if mode.startswith("sequence") else diff)
-        low = self.vllm_importance_sampling_clip_min
-        high = self.vllm_importance_sampling_clip_max
-        if mode.endswith("truncate"):
-            return torch.clamp(ratio, min=low, max=high)
-        if mode.endswith("mask"):
-            low, high = -math.inf if low is None else low, math.inf if high is None else high
-            return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
-        raise ValueError(f"unknown vllm_importance_sampling_mode {mode!r}")
-
-    # -- metrics ---------------------------------------------------------------------------------------------
-    def _log_generation(self, episodes, rewards_per_func, rewards, advantages, stats, chunks) -> None:
-        """Every step: reward and each component, end states, accuracy, context use, deletions, segments, tokens."""
-        metrics = self._metrics["train"]
-        for i, name in enumerate(self.reward_func_names):
-            metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
-            metrics[f"rewards/{name}/std"].append(nanstd(rewards_per_func[:, i]).item())
-        metrics["reward"].append(rewards.mean().item())
-        metrics["reward_std"].append(rewards.std().item() if rewards.numel() > 1 else 0.0)
-        groups = rewards.view(-1, self.num_generations)
-        metrics["frac_reward_zero_std"].append((groups.std(dim=1) < 1e-8).float().mean().item())
-        metrics["advantage_abs_mean"].append(advantages.abs().mean().item())
-
-        tokens = sum(int(c["tool_mask"].sum()) for c in chunks)
-        local = [
-            {
-                "end_state": e.trajectory.end_state,
-                "correct": e.trajectory.correct,
-                "mean_context": e.trajectory.mean_context_tokens,
-                "peak_context": e.trajectory.peak_context_tokens,
-                "deletions": sum(c["name"] == "deleteContext" for t in e.trajectory.turns for c in t.tool_calls),
-                "rounds": e.trajectory.rounds,
-                "format_errors": e.trajectory.format_errors,
-            }
-            for e in episodes
-        ]
-        everything = gather_object(local)
-        n = len(everything)
-        ends = Counter(e["end_state"] for e in everything)
-        for state in END_STATES:
-            metrics[f"episodes/{state}"].append(ends[state] / n)
-        metrics["episodes/accuracy"].append(sum(e["correct"] for e in everything) / n)
-        metrics["episodes/context_tokens_mean"].append(sum(e["mean_context"] for e in everything) / n)
-        metrics["episodes/context_tokens_peak"].append(max(e["peak_context"] for e in everything))
-        metrics["episodes/context_tokens_peak_mean"].append(sum(e["peak_context"] for e in everything) / n)
-        metrics["episodes/deletions"].append(sum(e["deletions"] for e in everything) / n)
-        metrics["episodes/rounds"].append(sum(e["rounds"] for e in everything) / n)
-        metrics["episodes/format_errors"].append(sum(e["format_errors"] for e in everything) / n)
-
-        # stats: per-episode sums [segments cut, segments trained, unsegmentable, edit-adjacent picks], episodes
-        totals = torch.tensor([*stats, len(episodes)], dtype=torch.float64, device=self.accelerator.device)
-        cut, picked, unsegmentable, edit_picks, n_episodes = gather(totals[None]).sum(dim=0).tolist()
-        metrics["segments/per_episode"].append(cut / n_episodes)
-        metrics["segments/trained_per_episode"].append(picked / n_episodes)
-        metrics["segments/edit_adjacent_share"].append(edit_picks / max(picked, 1))
-        metrics["episodes/unsegmentable"].append(unsegmentable / n_episodes)
-        trained = gather(torch.tensor([tokens], device=self.accelerator.device)).sum().item()
-        metrics["tokens/trained"].append(trained)
-        self.state.num_input_tokens_seen += trained
-        metrics["num_tokens"] = [self.state.num_input_tokens_seen]

@@ -1,8 +1,10 @@
 """Play episodes and append them to a trajectory file, resumably (SPEC 4).
 
-Episodes run concurrently (asyncio, bounded by a semaphore). Each finished episode is appended as one
-JSONL line at once, so a killed collection loses at most the episodes in flight; on restart, episode
-ids already in the file are skipped and a truncated last line is cut off, reported and re-run.
+Episodes are played by the one episode loop (`pipeline/episodes.py`): concurrently for a policy that answers one
+context at a time (an API, a script), in lockstep batched rounds for one that generates in batches (a local
+model). Each finished episode is appended as one JSONL line at once, so a killed collection loses at most the
+episodes in flight; on restart, episode ids already in the file are skipped and a truncated last line is cut
+off, reported and re-run.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,28 +21,14 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from pipeline.env.registry import make_env
-from pipeline.policies.base import Action, Policy, as_action
-from pipeline.policies.factory import sub_policy_for
-from pipeline.tasks.schema import Task
+from pipeline.episodes import Episode as Episode
+from pipeline.episodes import Grader, PlaySettings, play_concurrently, play_in_rounds, play_one
+from pipeline.episodes import plan_episodes as plan_episodes
+from pipeline.episodes import record_action as record_action
+from pipeline.policies.base import Policy
 from pipeline.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
-
-Grader = Callable[[Task, str | None], bool]
-
-
-@dataclass
-class Episode:
-    """One episode to play: a task, a sample index, and the seed derived from both."""
-
-    task: Task
-    sample: int
-    seed: int
-
-    @property
-    def episode_id(self) -> str:
-        return f"{self.task.id}#{self.sample}"
 
 
 @dataclass
@@ -51,15 +38,6 @@ class ExistingFile:
     episode_ids: set[str] = field(default_factory=set)
     corrupt_lines: list[str] = field(default_factory=list)
     truncated_tail: bool = False
-
-
-def plan_episodes(tasks: Iterable[Task], samples_per_task: int, seed: int) -> list[Episode]:
-    """Every (task, sample) pair with a seed that depends only on the ids, so reruns match."""
-    return [
-        Episode(task, sample, (zlib.crc32(f"{task.id}#{sample}".encode()) + seed) % 2**31)
-        for task in tasks
-        for sample in range(samples_per_task)
-    ]
 
 
 def scan_existing(path: Path) -> ExistingFile:
@@ -101,11 +79,6 @@ def iter_trajectories(path: str | Path, errors: list[str] | None = None) -> Iter
                     errors.append(f"{path}:{line_no}: {where}: {first['msg']}")
 
 
-def env_for(task: Task, tokenizer: Any, config: Any) -> Any:
-    """The environment of one episode, with the models it needs (the RLM's sub-model) built here, not by it."""
-    return make_env(task, tokenizer, config, sub_policy=sub_policy_for(config))
-
-
 async def play_episode(
     episode: Episode,
     policy: Policy,
@@ -114,45 +87,8 @@ async def play_episode(
     grader: Grader,
     weights: dict[str, float] | None = None,
 ) -> Trajectory:
-    """Run one episode to its end state and grade it."""
-    task = episode.task
-    env = await asyncio.to_thread(env_for, task, tokenizer, config)
-    turn = 0
-    while not env.done:
-        action = as_action(await policy.act(env.messages(), env.tools, seed=episode.seed + turn))
-        turns_before = len(env.turns)
-        await asyncio.to_thread(env.step, action.text)
-        if len(env.turns) > turns_before:
-            record_action(env.turns[-1], action)
-        turn += 1
-    return await finish_episode(episode, env, policy.name, grader, weights)
-
-
-def record_action(turn: Any, action: Action) -> None:
-    """What the policy said about its turn beyond the text: not to train it, why its output ended."""
-    turn.trained = action.trained
-    if action.finish_reason is not None:
-        turn.finish_reason = action.finish_reason
-        turn.error = "truncated" if action.finish_reason == "length" else None
-
-
-async def finish_episode(
-    episode: Episode, env: Any, policy_name: str, grader: Grader, weights: dict[str, float] | None
-) -> Trajectory:
-    """Grade an episode whose environment is done and build its record."""
-    task = episode.task
-    correct = env.end_state == "finished" and await asyncio.to_thread(grader, task, env.answer)
-    if hasattr(env, "input_tokens"):
-        await asyncio.to_thread(lambda: env.input_tokens)  # record the input length even if never measured
-    return env.trajectory(
-        episode.episode_id,
-        task.id,
-        policy_name,
-        episode.seed,
-        correct,
-        weights,
-        metadata={"task_kind": task.kind, **{k: v for k, v in task.metadata.items() if k != "depths"}},
-    )
+    """Run one episode to its end state and grade it (`pipeline.episodes.play_one`)."""
+    return await play_one(episode, policy, PlaySettings(tokenizer, config, grader, weights, policy.name))
 
 
 async def collect(
@@ -175,19 +111,13 @@ async def collect(
     for problem in existing.corrupt_lines:
         logger.warning("skipping corrupt line %s", problem)
     todo = [e for e in episodes if e.episode_id not in existing.episode_ids]
-    semaphore, lock = asyncio.Semaphore(concurrency), asyncio.Lock()
+    lock = asyncio.Lock()
     failures: list[str] = []
     bar = tqdm(total=len(episodes), initial=len(episodes) - len(todo), desc="episodes", disable=not progress)
 
-    async def run(episode: Episode) -> None:
-        async with semaphore:
-            try:
-                trajectory = await play_episode(episode, policy, tokenizer, config, grader, weights)
-            except Exception as exc:  # an infrastructure failure (server down): not written, re-run on resume
-                failures.append(f"{episode.episode_id}: {type(exc).__name__}: {exc}")
-                logger.error("episode %s failed: %s", episode.episode_id, exc)
-                return
-            await write(trajectory)
+    def failed(episode: Episode, exc: Exception) -> None:  # an infrastructure failure: re-run on resume
+        failures.append(f"{episode.episode_id}: {type(exc).__name__}: {exc}")
+        logger.error("episode %s failed: %s", episode.episode_id, exc)
 
     async def write(trajectory: Trajectory) -> None:
         line = trajectory.model_dump_json() + "\n"
@@ -200,10 +130,11 @@ async def collect(
 
     with out_path.open("a", encoding="utf-8"):
         pass  # the file exists even when every episode fails
-    if hasattr(policy, "act_batch"):
-        await _play_in_rounds(todo, policy, tokenizer, config, grader, weights, concurrency, write)
+    settings = PlaySettings(tokenizer, config, grader, weights, policy.name)
+    if hasattr(policy, "act_batch"):  # a local model: one batched generation per round
+        await play_in_rounds(todo, policy.act_batch, settings, concurrency, write)
     else:
-        await asyncio.gather(*(run(e) for e in todo))
+        await play_concurrently(todo, policy, settings, concurrency, write, failed)
     bar.close()
     return {
         "played": len(todo) - len(failures),
@@ -212,43 +143,6 @@ async def collect(
         "truncated_tail_removed": existing.truncated_tail,
         "corrupt_lines": existing.corrupt_lines,
     }
-
-
-async def _play_in_rounds(
-    todo: list[Episode],
-    policy: Any,
-    tokenizer: Any,
-    config: Any,
-    grader: Grader,
-    weights: dict[str, float] | None,
-    concurrency: int,
-    write: Callable[[Trajectory], Any],
-) -> None:
-    """Lockstep rounds for a policy that generates in batches (a local model): up to `concurrency` live
-    episodes, one batched `act_batch` per round, each finished episode written at once and replaced by the
-    next one, so the batch stays full and a kill still loses only the episodes in flight."""
-    waiting = list(reversed(todo))
-    live: list[tuple[Episode, Any, int]] = []  # episode, env, turns played
-    while waiting or live:
-        while waiting and len(live) < concurrency:
-            episode = waiting.pop()
-            live.append((episode, await asyncio.to_thread(env_for, episode.task, tokenizer, config), 0))
-        playing = [item for item in live if not item[1].done]
-        if playing:
-            texts = await policy.act_batch(
-                [env.messages() for _, env, _ in playing],
-                [env.tools for _, env, _ in playing],
-                [episode.seed + turn for episode, _, turn in playing],
-            )
-            for (_, env, _), reply in zip(playing, texts, strict=True):
-                action, turns_before = as_action(reply), len(env.turns)
-                await asyncio.to_thread(env.step, action.text)
-                if len(env.turns) > turns_before:
-                    record_action(env.turns[-1], action)
-        live = [(episode, env, turn + 1) for episode, env, turn in live]
-        for episode, env, _ in [item for item in live if item[1].done]:
-            await write(await finish_episode(episode, env, policy.name, grader, weights))
-        live = [item for item in live if not item[1].done]
 
 
 def summarize(trajectories: list[Trajectory]) -> dict[str, Any]:

@@ -6,6 +6,15 @@ plus the template's end of turn, which is derived from the template (render a pr
 and take what follows it; Qwen3: `<|im_end|>\\n`). Prompt and prompt+completion are tokenized and the
 completion must be exactly the token suffix; otherwise the turn is rejected with a SegmentError.
 
+Sampled turns (token-in/token-out). A turn that records the ids the student sampled (`turn.token_ids`) is not
+re-encoded when the caller says those are ids of this tokenizer (`sampled_ids=True`: GRPO, whose policy is the
+model trained; a teacher's ids may be another vocabulary, so SFT renders the text): its completion is the sampled
+ids, all trained, then the template's end of turn as context (the tail after the EOS, or the whole end of turn
+when the sampler stopped before it, which was then never sampled and is not trained). Re-encoding the decoded
+text can give other ids (two sampled tokens the tokenizer would merge); `reencode_differs` tells when it would
+have. The next turn's prompt is rendered from the text, as the policy was given it, so a turn whose ids do not
+re-encode the same ends its segment (drift).
+
 What is trained. The completion tokens up to and including the EOS token (`<|im_end|>`), as TRL trains
 the EOS of an assistant turn: the model must learn to stop. The template's text after the EOS (Qwen3's
 `\\n`) is never generated (generation stops at the EOS), so it is context, mask 0. System, user, tool and
@@ -142,15 +151,22 @@ def render_prompt(
 
 
 def render_turn(
-    tokenizer: Any, traj: Trajectory, turn: Turn, chat_template_kwargs: dict[str, Any] | None = None
+    tokenizer: Any,
+    traj: Trajectory,
+    turn: Turn,
+    chat_template_kwargs: dict[str, Any] | None = None,
+    sampled_ids: bool = False,
 ) -> TurnTokens:
-    """Tokenize one turn: prompt ids, completion ids (raw assistant text + end of turn) and the trained count."""
+    """Tokenize one turn: prompt ids, completion ids (raw assistant text + end of turn) and the trained count.
+    With `sampled_ids`, a turn that recorded its sampled ids keeps them as its completion (see the module doc)."""
     prompt = render_prompt(tokenizer, traj, turn, chat_template_kwargs)
     raw = traj.messages[turn.assistant].content
     eot = end_of_turn(tokenizer, chat_template_kwargs)
     prompt_ids = _encode(tokenizer, prompt)
-    full_ids = _encode(tokenizer, prompt + raw + eot)
     where = f"episode {traj.episode_id!r} turn {turn.index}"
+    if sampled_ids and turn.token_ids is not None:
+        return _sampled_turn(tokenizer, prompt_ids, turn.token_ids, eot, where)
+    full_ids = _encode(tokenizer, prompt + raw + eot)
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise SegmentError(
             f"{where}: the prompt's tokens are not a prefix of prompt+completion (the tokenizer merges across the "
@@ -158,6 +174,34 @@ def render_turn(
         )
     completion_ids = full_ids[len(prompt_ids) :]
     return TurnTokens(prompt_ids, completion_ids, _n_trained(tokenizer, completion_ids, eot, where))
+
+
+def _sampled_turn(tokenizer: Any, prompt_ids: list[int], sampled: list[int], eot: str, where: str) -> TurnTokens:
+    """A turn the student sampled: its completion is the sampled ids themselves (all trained, so GRPO trains
+    exactly what the policy produced, with its sampling logprobs), then the template's end of turn as context:
+    the tail after the EOS when the sampler stopped at the EOS, the whole end of turn when it stopped before
+    (cut at the output cap, or another stop token). Never re-encoded from the text."""
+    if not sampled:
+        raise SegmentError(f"{where}: token_ids is empty (a sampled turn has at least one token)")
+    eos = tokenizer.eos_token
+    if eos and eos in eot and sampled[-1] == tokenizer.eos_token_id:
+        tail = eot[eot.rindex(eos) + len(eos) :]
+        after = _encode(tokenizer, tail) if tail else []
+    else:
+        after = _encode(tokenizer, eot)
+    return TurnTokens(prompt_ids, list(sampled) + after, len(sampled))
+
+
+def reencode_differs(tokenizer: Any, traj: Trajectory, turn: Turn) -> bool | None:
+    """Whether the decode -> encode round trip of a sampled turn gives other ids than were sampled (what training
+    on the re-rendered text would have got wrong); None for a turn without sampled ids. A sampled EOS at the end
+    is the template's, not the text's, so it is left out of the comparison."""
+    if turn.token_ids is None:
+        return None
+    body = list(turn.token_ids)
+    if body and body[-1] == tokenizer.eos_token_id:
+        body.pop()
+    return _encode(tokenizer, traj.messages[turn.assistant].content) != body
 
 
 def _n_trained(tokenizer: Any, completion_ids: list[int], eot: str, where: str) -> int:
@@ -222,17 +266,19 @@ def segment_trajectory(
     max_turns_per_segment: int | None = None,
     max_tokens_per_segment: int | None = None,
     chat_template_kwargs: dict[str, Any] | None = None,
+    sampled_ids: bool = False,
 ) -> list[Segment]:
     """Cut an episode into segments (see the module doc). `trained_turns` (default: all) are the turn
     indices whose assistant tokens are masked in; the others stay in the rows as context. Every trained
-    turn is in exactly one segment."""
+    turn is in exactly one segment. `sampled_ids`: train the ids each turn sampled, where it recorded them
+    (GRPO: they are ids of this very tokenizer; a teacher's ids may not be, so SFT renders the text)."""
     check_trajectory(traj)
     trained = set(range(len(traj.turns))) if trained_turns is None else set(trained_turns)
     segments: list[Segment] = []
     run: list[tuple[Turn, TurnTokens]] = []
     reason: BreakReason = "start"
     for turn in traj.turns:
-        tokens = render_turn(tokenizer, traj, turn, chat_template_kwargs)
+        tokens = render_turn(tokenizer, traj, turn, chat_template_kwargs, sampled_ids)
         if run:
             previous, previous_tokens = run[-1]
             cut = _break_reason(

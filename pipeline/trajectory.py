@@ -55,6 +55,12 @@ class Turn(BaseModel):
     )
     finish_reason: str | None = Field(default=None, description="The server's finish_reason, when it gave one.")
     error: TurnError | None = Field(default=None, description="truncated: the output hit the per-turn cap.")
+    token_ids: list[int] | None = Field(
+        default=None, description="The ids the student sampled (token-in/token-out); None for scripted/API text."
+    )
+    logprobs: list[float] | None = Field(
+        default=None, description="The sampler's logprob of each of `token_ids`, where the backend gives them."
+    )
 
     @property
     def action(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pipeline.advantages import group_advantages
 from pipeline.cli import app
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.grpo import build_trainer, make_parser
+from pipeline.grpo_rows import episode_rows, segment_row
 from pipeline.grpo_trainer import PlayedEpisode
 from pipeline.policies.scripted import ScriptedExpert
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
@@ -196,10 +198,9 @@ def trainer(micro_model_dir, tmp_path_factory):
     return build_trainer(*make_parser().parse_args_and_config(["--config", str(recipe)]))
 
 
-def test_row_mask_is_exactly_the_assistant_tokens(trainer, tokenizer, multihop):
-    episode = PlayedEpisode(multihop, [([], None)] * len(multihop.turns))
+def test_row_mask_is_exactly_the_assistant_tokens(tokenizer, multihop):
     for segment in segment_trajectory(tokenizer, multihop):
-        row = trainer._row(episode, segment, advantage=0.5)
+        row = segment_row(multihop, segment, 0.5, sampling_logps=False)
         ids = row["prompt"] + row["completion"]
         mask = [0] * len(row["prompt"]) + row["tool_mask"]
         assert ids == segment.input_ids and row["advantage"] == 0.5
@@ -220,12 +221,19 @@ def test_random_model_episodes_then_an_update_moves_the_weights(trainer):
     episodes = trainer._play([Task.model_validate_json(t) for t in tasks], ["a#0", "a#1"])
     assert [e.trajectory.end_state for e in episodes] == ["malformed", "malformed"]
     assert [e.trajectory.reward for e in episodes] == [-1.0, -1.0]
-    assert all(len(e.sampled) == len(e.trajectory.turns) == 2 for e in episodes)
+    for episode in episodes:  # token-in/token-out: each turn keeps the ids the model sampled, its text their decode
+        assert len(episode.trajectory.turns) == 2
+        for turn in episode.trajectory.turns:
+            text = episode.trajectory.messages[turn.assistant].content
+            assert turn.token_ids and text == trainer._tokenizer.decode(
+                [t for t in turn.token_ids if t not in trainer._drop_ids], skip_special_tokens=False
+            )
     rewards = torch.tensor([e.trajectory.reward for e in episodes])
     assert torch.equal(group_advantages(rewards, 2), torch.zeros(2))
 
-    rows, stats = trainer._rows(episodes, [1.0, -1.0])
-    cut, picked = stats[0], stats[1]
+    rows, stats = rows_of(trainer, episodes, [1.0, -1.0])
+    cut, picked = stats.segments, stats.trained
+    assert stats.sampled_turns == 4 and 0 <= stats.reencode_mismatches <= 4
     assert picked == len(rows) >= 2 and cut >= picked
     slots = trainer.args.steps_per_generation * trainer.args.per_device_train_batch_size
     for sign, episode in ((1, episodes[0]), (-1, episodes[1])):
@@ -257,7 +265,34 @@ def test_random_model_episodes_then_an_update_moves_the_weights(trainer):
 
 
 def _ids(trainer, episode: PlayedEpisode) -> list[list[int]]:
-    return [s.input_ids for s in segment_trajectory(trainer._tokenizer, episode.trajectory)]
+    return [s.input_ids for s in segment_trajectory(trainer._tokenizer, episode.trajectory, sampled_ids=True)]
+
+
+def rows_of(trainer, episodes: list[PlayedEpisode], advantages: list[float], sampling_logps: bool = False):
+    return episode_rows(
+        trainer._tokenizer, [e.trajectory for e in episodes], advantages, trainer.args, trainer.state.global_step,
+        trainer.segment_kwargs, sampling_logps,
+    )  # fmt: skip
+
+
+def test_grpo_rows_train_the_sampled_ids_with_their_logprobs(trainer, tokenizer):
+    """A sampled id sequence whose decode -> encode round trip changes (a token split in two that re-encoding
+    merges): the row trains exactly the sampled ids, each with its sampling logprob, and the mismatch is counted."""
+    from tests.test_segments import call, sampled_episode, split_ids
+
+    eos = tokenizer.eos_token_id
+    sampled = [[*split_ids(tokenizer, call("checkBudget")), eos], [*split_ids(tokenizer, call("analyzeText")), eos]]
+    traj = sampled_episode(tokenizer, sampled)
+    rows, stats = rows_of(trainer, [PlayedEpisode(traj)], [1.0], sampling_logps=True)
+    assert (stats.sampled_turns, stats.reencode_mismatches) == (2, 2)
+    assert len(rows) == 2, "each turn's ids re-render differently, so each turn is its own segment"
+    for row in rows:
+        trained = [t for t, m in zip(row["completion"], row["tool_mask"], strict=True) if m]
+        logps = [lp for lp, m in zip(row["sampling_logps"], row["tool_mask"], strict=True) if m]
+        turn = next(t for t in traj.turns if t.token_ids == trained)
+        assert logps == turn.logprobs and not any(math.isnan(lp) for lp in logps)
+        text = traj.messages[turn.assistant].content
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] != trained[:-1], "re-encoding differs"
 
 
 # -- end to end ------------------------------------------------------------------------------------------------

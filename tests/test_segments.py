@@ -357,3 +357,72 @@ def test_caps_on_turns_and_tokens(hand, tokenizer):
     segments = segment_trajectory(tokenizer, traj, max_tokens_per_segment=lengths[2])
     assert segments[0].turns == [0, 1, 2] and segments[1].break_reason == "max_tokens"
     assert all(s.n_tokens <= lengths[2] or len(s.turns) == 1 for s in segments)
+
+
+# ------------------------------------------------------------------------------------------------
+# Token-in/token-out: a turn that recorded its sampled ids trains exactly those ids
+
+
+def split_ids(tokenizer, text: str) -> list[int]:
+    """The ids of `text` with one token split into two ids that the tokenizer merges back on re-encoding: the
+    sequence a sampler may produce but decode -> encode does not give back."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for position, token_id in enumerate(ids):
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        for cut in range(1, len(piece)):
+            left, right = tokenizer.convert_tokens_to_ids([piece[:cut], piece[cut:]])
+            if tokenizer.unk_token_id not in (left, right) and None not in (left, right):
+                return [*ids[:position], left, right, *ids[position + 1:]]
+    raise AssertionError(f"no token of {text!r} splits into two tokens")
+
+
+def sampled_episode(tokenizer, sampled: list[list[int]]) -> Trajectory:
+    """Play sampled ids in the real environment as a local policy would: the text is their decode."""
+    from pipeline.policies.base import Action
+    from pipeline.policies.hf import decode_assistant, dropped_ids
+    from pipeline.rollout import record_action
+
+    document = " ".join(f"Sentence {i} says the code of item{i} is {1000 + i}." for i in range(120))
+    env = PensieveEnv("What is the code of item42?", document, tokenizer, EnvConfig())
+    for ids in sampled:
+        action = Action(decode_assistant(tokenizer, ids, dropped_ids(tokenizer)), token_ids=ids,
+                        logprobs=[-0.5 - k for k in range(len(ids))])  # fmt: skip
+        env.step(action.text)
+        record_action(env.turns[-1], action)
+    return env.trajectory("sampled#0", "hand", "hf", 0, correct=env.answer == "1042")
+
+
+def test_sampled_ids_are_trained_even_when_reencoding_changes_them(tokenizer):
+    from pipeline.segments import reencode_differs
+
+    eos = tokenizer.eos_token_id
+    first = [*split_ids(tokenizer, call("checkBudget")), eos]  # stopped at the EOS
+    plain = [*tokenizer(call("analyzeText"), add_special_tokens=False)["input_ids"], eos]
+    cut = list(tokenizer(call("finish", answer="1042"), add_special_tokens=False)["input_ids"])[:-2]  # at the cap
+    traj = sampled_episode(tokenizer, [first, plain, cut])
+    assert [t.token_ids for t in traj.turns] == [first, plain, cut], "the record keeps the sampled ids"
+    assert traj.turns[0].logprobs == [-0.5 - k for k in range(len(first))]
+    assert Trajectory.model_validate_json(traj.model_dump_json()) == traj
+    assert [reencode_differs(tokenizer, traj, t) for t in traj.turns] == [True, False, False]
+
+    tail = end_of_turn(tokenizer).split(tokenizer.eos_token, 1)[1]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    eot_ids = tokenizer(end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
+    for turn, sampled, after in zip(traj.turns, [first, plain, cut], [tail_ids, tail_ids, eot_ids], strict=True):
+        tokens = render_turn(tokenizer, traj, turn, sampled_ids=True)
+        assert tokens.completion_ids == sampled + after and tokens.n_trained == len(sampled)
+        assert tokens.prompt_ids == tokenizer(render_prompt(tokenizer, traj, turn), add_special_tokens=False)[
+            "input_ids"
+        ], "the prompt is still the template's rendering: what the policy was given"
+    # Rendering the text instead trains other ids for the first turn (the split token comes back merged)
+    assert render_turn(tokenizer, traj, traj.turns[0]).completion_ids[: len(first)] != first
+
+    segments = segment_trajectory(tokenizer, traj, sampled_ids=True)
+    # turn 0's ids are not what the next prompt re-renders, so the next turn starts a segment (drift); turn 1's are
+    assert [(s.turns, s.break_reason) for s in segments] == [([0], "start"), ([1, 2], "drift")]
+    for segment in segments:
+        for turn, (lo, hi) in zip(segment.turns, segment.spans, strict=True):
+            assert segment.input_ids[lo:hi] == traj.turns[turn].token_ids
+        trained = [i for i, m in enumerate(segment.completion_mask) if m]
+        assert trained == [i for lo, hi in segment.spans for i in range(lo, hi)], "mask: exactly the sampled ids"
+

@@ -9,6 +9,11 @@ A policy may also return an `Action`: the text plus facts about the turn that ar
 text. `trained=False` says "play this turn, but do not teach it": the scripted expert's deliberately
 failed search in a recovery episode stays in the episode (the recovery needs it as context) and is
 masked out of the loss by curate.
+
+Token-in/token-out. A local or vLLM student also returns the token ids it sampled (`token_ids`) and, where
+the backend gives them (vLLM), their logprobs. The episode record keeps them on the turn, and GRPO trains
+exactly those ids: decoding them to text and re-encoding the text can give other ids (two sampled tokens
+that the tokenizer would merge), and an update on ids the policy never produced is off-policy.
 """
 
 from __future__ import annotations
@@ -26,11 +31,19 @@ class Action:
 
     `finish_reason` is the server's (`stop`, `tool_calls`, `length`, ...): `length` means the text was
     cut at the output cap, which the rollout records on the turn as a `truncated` error.
+    `token_ids` are the sampled ids (an end-of-turn token included when one was sampled), `logprobs` their
+    sampling logprobs, one per id; both `None` for text from an API, a script or a teacher.
     """
 
     text: str
     trained: bool = True
     finish_reason: str | None = None
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.logprobs is not None and (self.token_ids is None or len(self.logprobs) != len(self.token_ids)):
+            raise ValueError("Action: logprobs need token_ids, one logprob per id")
 
 
 def as_action(result: str | Action) -> Action:

@@ -22,12 +22,23 @@ from typing import Any
 
 import torch
 
-from pipeline.policies.base import Message
+from pipeline.policies.base import Action, Message
 from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 
 # Markup the environment parses. Some tokenizers register these as special tokens; they are still
 # part of what the model said, so decoding keeps them while dropping <|im_end|>, padding and the like.
 KEEP_MARKUP = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+
+
+def dropped_ids(tokenizer: Any) -> set[int]:
+    """The special ids that are not part of what the model said: end of turn, padding and the like."""
+    keep = {tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in tokenizer.get_vocab()}
+    return set(tokenizer.all_special_ids) - keep
+
+
+def decode_assistant(tokenizer: Any, token_ids: list[int], drop_ids: set[int]) -> str:
+    """The raw assistant text of sampled ids (what the environment parses): markup kept, `drop_ids` dropped."""
+    return tokenizer.decode([t for t in token_ids if t not in drop_ids], skip_special_tokens=False)
 
 
 class HFPolicy:
@@ -120,8 +131,7 @@ class HFPolicy:
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        keep = {tokenizer.convert_tokens_to_ids(t) for t in KEEP_MARKUP if t in tokenizer.get_vocab()}
-        self._drop_ids = set(tokenizer.all_special_ids) - keep
+        self._drop_ids = dropped_ids(tokenizer)
         self.max_batch_size = max(1, max_batch_size)
         eos = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} - {None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -135,19 +145,19 @@ class HFPolicy:
             weakref.WeakKeyDictionary()
         )
 
-    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str:
-        """Render the context, sample the next assistant message, return its raw text."""
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> Action:
+        """Render the context, sample the next assistant message: its raw text and the sampled ids."""
         return (await self.act_batch([messages], [tools], [seed]))[0]
 
     async def act_batch(
         self, contexts: list[list[Message]], tools: list[list[dict[str, Any]]], seeds: list[int | None]
-    ) -> list[str]:
+    ) -> list[Action]:
         """The next assistant message of every context, generated as one batch (one round of many episodes)."""
         loop = asyncio.get_running_loop()
         lock = self._loop_locks.setdefault(loop, asyncio.Lock())
         async with lock:
             ids = await asyncio.to_thread(self.generate_batch, contexts, tools, seeds)
-        return [self.decode(i) for i in ids]
+        return [Action(self.decode(i), token_ids=list(i)) for i in ids]
 
     def generate_batch(
         self, contexts: list[list[Message]], tools: list[list[dict[str, Any]]], seeds: list[int | None]
@@ -206,8 +216,7 @@ class HFPolicy:
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of the generated ids, keeping tool-call/think markup and dropping end and pad tokens."""
-        kept = [t for t in token_ids if t not in self._drop_ids]
-        return self.tokenizer.decode(kept, skip_special_tokens=False)
+        return decode_assistant(self.tokenizer, token_ids, self._drop_ids)
 
     def _generation_config(self) -> Any:
         config = copy.deepcopy(self.model.generation_config)

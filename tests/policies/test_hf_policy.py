@@ -34,7 +34,10 @@ def policy(tiny_model_dir: Path) -> HFPolicy:
 def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(policy: HFPolicy) -> None:
     async def run() -> list[str]:
         # Concurrent calls share the model through the lock; each seed gives its own sample.
-        return list(await asyncio.gather(*(policy.act(CONTEXT, tool_schemas(), seed=s) for s in (1, 2, 1))))
+        actions = await asyncio.gather(*(policy.act(CONTEXT, tool_schemas(), seed=s) for s in (1, 2, 1)))
+        for action in actions:  # token-in/token-out: the text is the decode of the ids the policy sampled
+            assert action.token_ids and action.text == policy.decode(action.token_ids)
+        return [action.text for action in actions]
 
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -49,14 +52,15 @@ def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(policy: HFP
 def test_respects_max_new_tokens(policy: HFPolicy) -> None:
     ids = policy.generate_token_ids(CONTEXT, tool_schemas(), seed=5)
     assert 1 <= len(ids) <= MAX_NEW_TOKENS
-    assert policy.decode(ids) == asyncio.run(policy.act(CONTEXT, tool_schemas(), seed=5))
+    action = asyncio.run(policy.act(CONTEXT, tool_schemas(), seed=5))
+    assert (action.token_ids, action.text) == (ids, policy.decode(ids))
 
 
 def test_greedy_is_deterministic_without_seed(tiny_model_dir: Path) -> None:
     greedy = HFPolicy(tiny_model_dir, temperature=0.0, max_new_tokens=6)
     assert isinstance(greedy, Policy)
     first = asyncio.run(greedy.act(CONTEXT, tool_schemas()))
-    assert first == asyncio.run(greedy.act(CONTEXT, tool_schemas()))
+    assert first.token_ids and first == asyncio.run(greedy.act(CONTEXT, tool_schemas()))
     asyncio.run(greedy.aclose())
     with pytest.raises(RuntimeError, match="after aclose"):
         greedy.generate_token_ids(CONTEXT)
