@@ -330,7 +330,8 @@ def assert_same_weights(trained: Path, base: Path) -> None:
 
 def launch(cmd: list[str], log: Path, kill_when: Path | None = None) -> int:
     """Run the command; with kill_when, SIGKILL it and all its processes as soon as that file exists."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1",
+           "PYTHONFAULTHANDLER": "1"}  # a crash shows its Python stack
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         while kill_when is not None and proc.poll() is None:

@@ -137,7 +137,8 @@ def launch_command(accelerate_config: str, output_dir: Path, model: Path, data: 
 
 def launch(cmd: list[str], kill_when: Path | None = None) -> int:
     """Run the command; with kill_when, SIGKILL it and all its processes as soon as that file exists."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
+    # PYTHONFAULTHANDLER: a rank that crashes prints its Python stack into the log
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     log = Path(cmd[cmd.index("--output_dir") + 1]).with_suffix(".log")
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
