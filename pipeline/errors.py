@@ -62,9 +62,10 @@ def exit_cleanly(run: Callable[[], object]) -> None:
 
 def exit_finished_rank() -> None:
     """End a rank whose stage returned (model, report and checkpoints written, process group destroyed) without
-    the interpreter's teardown. On CPU runs of ZeRO-3 with gloo, 2 of ~20 finished runs here (one in CI) had a
-    rank abort there (`terminate called without an active exception`, SIGABRT: a C++ thread of the distributed
-    stack destroyed while joinable), which the launcher reports as a failed run. Nothing is left to clean up but
+    the interpreter's teardown. On CPU runs of ZeRO-3 with gloo, 2 of ~20 runs here (one in CI) had a rank abort
+    after the final model was written (`terminate called without an active exception`, SIGABRT, typically a C++
+    thread destroyed while joinable), which the launcher reports as a failed run; teardown is the likely place (not
+    proven: no stack was captured; the launch tests now set PYTHONFAULTHANDLER). Nothing is left to clean up but
     buffered output, flushed first."""
     logging.shutdown()
     sys.stdout.flush()
