@@ -35,8 +35,10 @@ def ours(model: str, out: Path, args: argparse.Namespace, clock: StepClock):
         "--config", str(ROOT / "recipes/tiny/grpo.yaml"), "--model_name_or_path", model, "--output_dir", str(out),
         "--num_episodes_per_task", str(args.group), "--tasks_per_generation", "1",
         "--max_segments_per_episode", str(args.max_segments), "--per_device_train_batch_size", "1",
-        "--max_completion_length", str(args.completion), "--max_steps", str(args.steps), "--beta", "0.001",
-        "--environment", f'{{"max_format_errors": {args.turns}, "max_rounds": {args.turns}}}',
+        "--max_steps", str(args.steps), "--beta", "0.001",
+        # the per-turn cap is the environment's (GRPO's max_completion_length follows it)
+        "--environment", f'{{"max_format_errors": {args.turns}, "max_rounds": {args.turns}, '
+        f'"max_output_tokens": {args.completion}}}',
         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "error",
     ]  # fmt: skip
     trainer = build_trainer(*make_parser().parse_args_and_config(flags))
