@@ -28,7 +28,7 @@ __all__ = ["PROFILES", "SAMPLED", "STAGES", "SYSTEMS", "DemoProfile", "run_demo"
 def make_tasks(out: Path, profile: DemoProfile) -> dict[str, Any]:
     """Training tasks (seed 0, training phrasings), GRPO tasks (seed 200, distractor needles) and held-out tasks
     (seeds 100, 101, held-out phrasings), lengths counted with the student's tokenizer."""
-    from pipeline.collect import load_tokenizer
+    from pipeline.task_sources import load_tokenizer
     from pipeline.tasks.generators import generate_niah
     from pipeline.tasks.schema import read_tasks, write_tasks
 
@@ -65,23 +65,9 @@ def build_base_model(out: Path, profile: DemoProfile) -> str:
     return str(import_base_model(profile.base, out / "model"))
 
 
-def run_trl_stage(module: str, recipe: Path) -> dict[str, Any]:
-    """SFT or GRPO in this process, parsed from the recipe exactly as `accelerate launch -m <module>` would."""
-    import importlib
-
-    from pipeline.trl_recipe import parse_recipe
-
-    stage = importlib.import_module(module)
-    return stage.main(*parse_recipe(stage.make_parser(), ["--config", str(recipe)]))
-
-
 def run_demo(out: Path, profile: DemoProfile, console: Console | None = None) -> dict[str, Any]:
     """Run every stage in order and write `<out>/summary.json` and `<out>/summary.md`."""
-    from pipeline.collect import run_collect
-    from pipeline.config import load_recipe
-    from pipeline.curate import load_curate_recipe, run_curate
-    from pipeline.evaluate import run_eval
-    from pipeline.recipe import EvalRecipe, load_collect_recipe
+    from pipeline.stages import run_stage
 
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,11 +84,11 @@ def run_demo(out: Path, profile: DemoProfile, console: Console | None = None) ->
 
     stage("base model", lambda: build_base_model(out, profile))
     stage("tasks", lambda: make_tasks(out, profile))
-    stage("collect", lambda: run_collect(load_collect_recipe(recipes["teacher"], {})))
-    stage("curate", lambda: run_curate(load_curate_recipe(recipes["curate"], {})))
-    stage("sft", lambda: run_trl_stage("pipeline.sft", recipes["sft"]))
-    stage("grpo", lambda: run_trl_stage("pipeline.grpo", recipes["grpo"]))
-    stage("eval", lambda: run_eval(load_recipe(EvalRecipe, recipes["eval"], {})))
+    stage("collect", lambda: run_stage("collect", recipes["teacher"]))
+    stage("curate", lambda: run_stage("curate", recipes["curate"]))
+    stage("sft", lambda: run_stage("sft", recipes["sft"]))
+    stage("grpo", lambda: run_stage("grpo", recipes["grpo"]))
+    stage("eval", lambda: run_stage("eval", recipes["eval"]))
 
     summary = summarize(out, profile, results, seconds)
     write_summary(out, summary, results)

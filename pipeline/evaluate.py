@@ -20,7 +20,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.collect import build_tasks, load_tokenizer, make_grader
 from pipeline.errors import PreflightError
 from pipeline.imitation import imitation_figures
 from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
@@ -30,6 +29,7 @@ from pipeline.policies.hf import HFPolicy
 from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
 from pipeline.recipe import EvalRecipe, PolicySpec
 from pipeline.rollout import Episode, collect, iter_trajectories, plan_episodes, summarize
+from pipeline.task_sources import build_tasks, load_tokenizer, make_grader
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 

@@ -12,40 +12,33 @@ nothing if the run already finished.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import datasets
 import torch
 import transformers
-from accelerate import PartialState
-from pydantic import ValidationError
 from transformers import AutoTokenizer, set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from pipeline.collect import build_tasks
-from pipeline.errors import RecipeError
+from pipeline.checkpoints import (
+    finished_report,
+    model_name,
+    resume_point,
+    save_card,
+    step_of,
+    train_or_restore,
+    write_report_and_end,
+)
 from pipeline.freezing import freeze_all_but_top_layers
 from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
-from pipeline.preflight import check_task_files
-from pipeline.recipe import GeneratedTasks, TaskFile
-from pipeline.sft import (
-    copy_model_files,
-    is_final,
-    last_complete_checkpoint,
-    model_name,
-    preflight,
-    step_of,
-    trainer_state,
-)
+from pipeline.preflight import check_training
+from pipeline.task_sources import build_tasks, parse_task_sources
 
 logger = logging.getLogger(__name__)
-REPORT = "report.json"
 # Per-step figures copied from the log history into report.json
 REPORTED = (
     "reward", "episodes/accuracy", "episodes/malformed", "episodes/finished", "tokens/trained", "loss",
@@ -93,45 +86,20 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logger.info("script %s\nmodel %s", script_args, model_args)
-    preflight(script_args.recipe, model_args.model_name_or_path, training_args)
+    check_training(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
     output_dir = training_args.output_dir
-    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
-    finished = is_final(checkpoint, training_args.max_steps)
-    if finished and os.path.isfile(os.path.join(output_dir, REPORT)):
-        logger.info("%s already finished at %s; nothing to do", output_dir, checkpoint)
-        PartialState().destroy_process_group()
-        with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
-            return json.load(f)
+    checkpoint, finished = resume_point(training_args)
+    if (done := finished_report(output_dir, checkpoint, finished)) is not None:
+        return done
 
     trainer = build_trainer(script_args, training_args, model_args)
-
-    # Train (resumed: same task order, optimizer, scheduler and RNG state), then save the final model
-    if finished:
-        # Killed between the last checkpoint and the end: that checkpoint holds the final model
-        logger.info("training finished at %s; saving its model as the final one", checkpoint)
-        metrics, trainer.state.log_history = {}, trainer_state(checkpoint)["log_history"]
+    metrics = train_or_restore(trainer, checkpoint, finished, output_dir)
+    if finished:  # the curriculum's state at the final checkpoint, for the report
         trainer.load_curriculum(checkpoint)
-        if trainer.accelerator.is_main_process:
-            copy_model_files(checkpoint, output_dir)
-    else:
-        logger.info("training from %s", checkpoint or "step 0")
-        metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        trainer.save_model(output_dir)
-
-    # Model card and push
-    card = {"model_name": model_name(training_args), "tags": ["statelm", "grpo"]}
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(**card)
-        if not model_args.use_peft:  # activation checkpointing turned the cache off; inference wants it
-            trainer.model.config.use_cache = True
-            trainer.model.config.save_pretrained(output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
+    save_card(trainer, {"model_name": model_name(training_args), "tags": ["statelm", "grpo"]}, training_args,
+              model_args.use_peft)  # fmt: skip
 
     history = trainer.state.log_history
     report = {
@@ -148,41 +116,14 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
         "curriculum": None if trainer.curriculum is None else trainer.curriculum.state_dict(),
         "seconds": round(time.time() - started, 1),
     }
-    if trainer.accelerator.is_main_process:
-        with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-
-    # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
-    # Leave together: a rank that tears down gloo and exits while another still writes the model can abort
-    # (`terminate called without an active exception`, seen once in CI on a resumed ZeRO-3 run)
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()
-    return report
-
-
-def task_sources(tasks: list[Any] | None, recipe: str | None) -> list[GeneratedTasks | TaskFile]:
-    """The recipe's `tasks:` as task sources; a bad entry names the recipe, the entry and the field, once
-    (not pydantic's dump of every member of the union it tried)."""
-    where = f"{recipe}: tasks" if recipe else "tasks"
-    if not tasks:
-        raise RecipeError(f"{where}: the recipe lists no task source ({{generator: ...}} or {{file: ...}})")
-    sources: list[GeneratedTasks | TaskFile] = []
-    for index, entry in enumerate(tasks):
-        model = TaskFile if isinstance(entry, dict) and "file" in entry else GeneratedTasks
-        try:
-            sources.append(model.model_validate(entry))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors())
-            raise RecipeError(f"{where}.{index}: {problems}") from exc
-    check_task_files(sources, where)
-    return sources
+    return write_report_and_end(trainer, report, output_dir)
 
 
 def build_trainer(
     script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, model_args: ModelConfig
 ) -> StateLMGRPOTrainer:
     """The trainer main() runs: tasks, tokenizer, model path (loaded by TRL once the DeepSpeed config exists)."""
-    sources = task_sources(script_args.tasks, script_args.recipe)
+    sources = parse_task_sources(script_args.tasks, script_args.recipe)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,

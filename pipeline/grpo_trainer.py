@@ -54,7 +54,6 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler, nanstd, pad, use_adapter
 
 from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
-from pipeline.collect import make_grader
 from pipeline.env.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_config, make_env
 from pipeline.policies.hf import KEEP_MARKUP
@@ -63,6 +62,7 @@ from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_COMPONENTS, weighted_reward
 from pipeline.segments import SegmentError, segment_trajectory
 from pipeline.snapshots import episode_rng, sample_segments
+from pipeline.task_sources import make_grader
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import END_STATES, Trajectory
 
@@ -263,7 +263,7 @@ class StateLMGRPOTrainer(GRPOTrainer):
     # -- curriculum: saved in every checkpoint, restored on resume --------------------------------------------
     def _save_checkpoint(self, model, trial):
         """Write curriculum.json before TRL's save, which writes trainer_state.json last: a checkpoint counted as
-        complete (pipeline.sft.last_complete_checkpoint) always has the curriculum of its step."""
+        complete (pipeline.checkpoints.last_complete_checkpoint) always has the curriculum of its step."""
         if self.curriculum is not None and self.args.should_save:
             step = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = os.path.join(self._get_output_dir(trial=trial), step)

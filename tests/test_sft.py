@@ -16,7 +16,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from pipeline.sft import build_trainer, last_complete_checkpoint, make_parser
+from pipeline.checkpoints import last_complete_checkpoint
+from pipeline.sft import build_trainer, make_parser
 from pipeline.sft_data import SFTDataError, load_sft_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
