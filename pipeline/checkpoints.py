@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from accelerate import PartialState
@@ -73,30 +74,37 @@ def model_name(training_args: Any) -> str:
     return os.path.basename(os.path.normpath(training_args.output_dir))
 
 
-def resume_point(training_args: Any) -> tuple[str | None, bool]:
-    """The checkpoint to resume from (an explicit one, else the last complete one in output_dir) and whether it
-    already holds the run's last step."""
-    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
-    return checkpoint, is_final(checkpoint, training_args.max_steps)
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a (re)run starts: the checkpoint to resume from, whether it holds the last step, and the report of a
+    run that already finished and wrote it (then there is nothing to do)."""
+
+    checkpoint: str | None
+    finished: bool
+    report: dict | None
 
 
-def finished_report(output_dir: str, checkpoint: str | None, finished: bool) -> dict | None:
-    """The report of a run that already finished and wrote it (nothing to do), else None."""
+def resume_point(training_args: Any) -> ResumePoint:
+    """An explicit `resume_from_checkpoint`, else the last complete checkpoint in output_dir."""
+    output_dir = training_args.output_dir
+    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
+    finished = is_final(checkpoint, training_args.max_steps)
     path = os.path.join(output_dir, REPORT)
     if not (finished and os.path.isfile(path)):
-        return None
+        return ResumePoint(checkpoint, finished, None)
     logger.info("%s already finished at %s; nothing to do", output_dir, checkpoint)
     PartialState().destroy_process_group()
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return ResumePoint(checkpoint, finished, json.load(f))
 
 
-def train_or_restore(trainer: Any, checkpoint: str | None, finished: bool, output_dir: str) -> dict:
+def train_or_restore(trainer: Any, start: ResumePoint, output_dir: str) -> dict:
     """Train (resumed: same data order, optimizer, scheduler and RNG state) and save the final model; its metrics.
 
     Killed between the last checkpoint and the end, that checkpoint holds the final model: copy it and its log.
     (Resuming there would train one step too many: Trainer checks max_steps only after a step.)"""
-    if finished:
+    checkpoint = start.checkpoint
+    if start.finished:
         logger.info("training finished at %s; saving its model as the final one", checkpoint)
         trainer.state.log_history = trainer_state(checkpoint)["log_history"]
         if trainer.accelerator.is_main_process:

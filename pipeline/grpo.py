@@ -21,20 +21,12 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 import transformers
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from pipeline.checkpoints import (
-    finished_report,
-    model_name,
-    resume_point,
-    save_card,
-    step_of,
-    train_or_restore,
-    write_report_and_end,
-)
-from pipeline.freezing import freeze_all_but_top_layers
+from pipeline import checkpoints
 from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
+from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
 from pipeline.preflight import check_training
 from pipeline.task_sources import build_tasks, parse_task_sources
 
@@ -89,17 +81,15 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
     check_training(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
-    output_dir = training_args.output_dir
-    checkpoint, finished = resume_point(training_args)
-    if (done := finished_report(output_dir, checkpoint, finished)) is not None:
-        return done
-
+    start = checkpoints.resume_point(training_args)
+    if start.report is not None:
+        return start.report
     trainer = build_trainer(script_args, training_args, model_args)
-    metrics = train_or_restore(trainer, checkpoint, finished, output_dir)
-    if finished:  # the curriculum's state at the final checkpoint, for the report
-        trainer.load_curriculum(checkpoint)
-    save_card(trainer, {"model_name": model_name(training_args), "tags": ["statelm", "grpo"]}, training_args,
-              model_args.use_peft)  # fmt: skip
+    metrics = checkpoints.train_or_restore(trainer, start, training_args.output_dir)
+    if start.finished:  # the curriculum's state at the final checkpoint, for the report
+        trainer.load_curriculum(start.checkpoint)
+    card = {"model_name": checkpoints.model_name(training_args), "tags": ["statelm", "grpo"]}
+    checkpoints.save_card(trainer, card, training_args, model_args.use_peft)
 
     history = trainer.state.log_history
     report = {
@@ -107,16 +97,16 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
         "base_model": model_args.model_name_or_path,
         "recipe": script_args.recipe,
         "tasks": len(trainer.train_dataset),
-        "resumed_from": checkpoint,
+        "resumed_from": start.checkpoint,
         "world_size": trainer.accelerator.num_processes,
         "episodes_per_step": training_args.tasks_per_generation * training_args.num_episodes_per_task,
-        "global_step": trainer.state.global_step or step_of(checkpoint),
+        "global_step": trainer.state.global_step or checkpoints.step_of(start.checkpoint),
         "train": metrics,
         "steps": [{"step": e["step"], **{k: e[k] for k in REPORTED if k in e}} for e in history if "reward" in e],
         "curriculum": None if trainer.curriculum is None else trainer.curriculum.state_dict(),
         "seconds": round(time.time() - started, 1),
     }
-    return write_report_and_end(trainer, report, output_dir)
+    return checkpoints.write_report_and_end(trainer, report, training_args.output_dir)
 
 
 def build_trainer(
@@ -124,11 +114,7 @@ def build_trainer(
 ) -> StateLMGRPOTrainer:
     """The trainer main() runs: tasks, tokenizer, model path (loaded by TRL once the DeepSpeed config exists)."""
     sources = parse_task_sources(script_args.tasks, script_args.recipe)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    tokenizer = get_tokenizer(model_args, training_args)
     tasks = build_tasks(sources, tokenizer)
     if training_args.curriculum is not None and not any(t.metadata.get("generator") == "inventory" for t in tasks):
         raise ValueError("curriculum: it schedules inventory streams, but tasks has no {generator: inventory} source")
@@ -139,13 +125,7 @@ def build_trainer(
         training_args.steps_per_generation * training_args.per_device_train_batch_size,
         training_args.steps_per_generation,
     )
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args, model_args.attn_implementation)
     trainer = StateLMGRPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -153,11 +133,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
-    if script_args.trainable_layers is not None:
-        counts = freeze_all_but_top_layers(trainer.model, script_args.trainable_layers)
-        method += f", top {script_args.trainable_layers} layers"
-        logger.info("training the top %d layers: %s", script_args.trainable_layers, counts)
+    method, _ = training_method(trainer.model, model_args, script_args.trainable_layers)
     trainer.card_section = (
         "\n## statelm\n\n"
         f"- Base model: `{model_args.model_name_or_path}`\n"

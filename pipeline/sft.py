@@ -20,19 +20,11 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from pipeline.checkpoints import (
-    finished_report,
-    model_name,
-    resume_point,
-    save_card,
-    step_of,
-    train_or_restore,
-    write_report_and_end,
-)
-from pipeline.freezing import freeze_all_but_top_layers
+from pipeline import checkpoints
+from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
 from pipeline.preflight import check_training
 from pipeline.sft_data import describe, load_sft_dataset
 from pipeline.shared_prefix import shared_prefix_dataset
@@ -126,7 +118,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     set_seed(training_args.seed)
     # Our messages at INFO on the main process; the libraries at the recipe's log_level (default: warnings)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    for name in (__name__, "pipeline.checkpoints"):
+    for name in (__name__, "pipeline.checkpoints", "pipeline.model_utils"):
         logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
@@ -134,31 +126,29 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     check_training(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
-    output_dir = training_args.output_dir
-    checkpoint, finished = resume_point(training_args)
-    if (done := finished_report(output_dir, checkpoint, finished)) is not None:
-        return done
-
+    start = checkpoints.resume_point(training_args)
+    if start.report is not None:
+        return start.report
     trainer, data_report = build_trainer(script_args, training_args, model_args)
-    metrics = train_or_restore(trainer, checkpoint, finished, output_dir)
-    card = {"model_name": model_name(training_args), "dataset_name": script_args.dataset_name,
+    metrics = checkpoints.train_or_restore(trainer, start, training_args.output_dir)
+    card = {"model_name": checkpoints.model_name(training_args), "dataset_name": script_args.dataset_name,
             "tags": ["statelm", "sft"]}  # fmt: skip
-    save_card(trainer, card, training_args, model_args.use_peft)
+    checkpoints.save_card(trainer, card, training_args, model_args.use_peft)
 
     report = {
         "stage": "sft",
         "base_model": model_args.model_name_or_path,
         "dataset": script_args.dataset_path or script_args.dataset_name,
         "recipe": script_args.recipe,
-        "resumed_from": checkpoint,
+        "resumed_from": start.checkpoint,
         "world_size": trainer.accelerator.num_processes,
         "data": data_report,
-        "global_step": trainer.state.global_step or step_of(checkpoint),
+        "global_step": trainer.state.global_step or checkpoints.step_of(start.checkpoint),
         "train": metrics,
         "losses": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
         "seconds": round(time.time() - started, 1),
     }
-    return write_report_and_end(trainer, report, output_dir)
+    return checkpoints.write_report_and_end(trainer, report, training_args.output_dir)
 
 
 def build_trainer(
@@ -184,11 +174,7 @@ def build_trainer(
         data_report["shared_prefix"] = {"fallback": fallback}
     logger.info("dataset %s", data_report)
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    tokenizer = get_tokenizer(model_args, training_args)
     collator = None
     if shared_prefix:
         dataset, data_report["shared_prefix"], collator = shared_prefix_setup(
@@ -196,13 +182,9 @@ def build_trainer(
         )
     # The trainer loads the model from the path once the DeepSpeed config exists (ZeRO-3 sharded loading)
     attention = model_args.attn_implementation
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": loaded_attention(attention) if shared_prefix else attention,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    training_args.model_init_kwargs = model_init_kwargs(
+        model_args, training_args, loaded_attention(attention) if shared_prefix else attention
+    )
     trainer = StateLMSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -220,12 +202,9 @@ def build_trainer(
                 f"the model loaded attention {loaded!r}; shared-prefix rows for {attention!r} need "
                 f"{loaded_attention(attention)!r}"
             )
-    method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
-    if script_args.trainable_layers is not None:
-        counts = freeze_all_but_top_layers(trainer.model, script_args.trainable_layers)
+    method, counts = training_method(trainer.model, model_args, script_args.trainable_layers)
+    if counts is not None:
         data_report["parameters"] = counts
-        method += f", top {script_args.trainable_layers} layers"
-        logger.info("training the top %d layers: %s", script_args.trainable_layers, counts)
     trainer.card_section = (
         "\n## statelm\n\n"
         f"- Base model: `{model_args.model_name_or_path}`\n"
