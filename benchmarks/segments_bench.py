@@ -147,17 +147,19 @@ def setup(profile: str) -> tuple[ScriptedExpert, EnvConfig, str, list[str]]:
     """The policy, environment, task templates and extra SFT flags of a profile."""
     if profile == "default":
         return ScriptedExpert(), EnvConfig(), "classic", []
-    from pipeline.demo import PROFILES, env_block
+    from pipeline.demo import PROFILES
 
     demo = PROFILES["full"]
-    policy = ScriptedExpert(chunk_size=demo.expert_chunk_size, recovery_share=demo.recovery_share)
-    return policy, EnvConfig(**env_block(demo)), "train", demo_sft_flags(demo)
+    teacher = demo.recipes["teacher"]
+    policy = ScriptedExpert(**{k: teacher["policy"][k] for k in ("chunk_size", "recovery_share")})
+    return policy, EnvConfig(**teacher["environment"]), "train", demo_sft_flags(demo)
 
 
 def demo_sft_flags(demo: Any) -> list[str]:
     """The CPU levers of the demo's SFT recipe, read from its profile (so the benchmark follows the demo)."""
-    flags = ["--trainable_layers", str(demo.trainable_layers)] if demo.trainable_layers else []
-    return flags + (["--bf16", "true", "--use_cpu", "true"] if demo.bf16 else [])
+    sft = demo.recipes["sft"]
+    flags = ["--trainable_layers", str(sft["trainable_layers"])] if sft.get("trainable_layers") else []
+    return flags + (["--bf16", "true", "--use_cpu", "true"] if sft["bf16"] else [])
 
 
 def main() -> None:

@@ -119,7 +119,7 @@ def tasks_generate(
     distractors: Annotated[int, typer.Option(help="niah: needles with near-identical keys.")] = 0,
 ) -> None:
     """Generate seeded synthetic tasks (NIAH single/multi needle, multi-hop)."""
-    from pipeline.collect import load_tokenizer
+    from pipeline.task_sources import load_tokenizer
     from pipeline.tasks.generators import GENERATORS
     from pipeline.tasks.schema import write_tasks
 

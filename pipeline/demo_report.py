@@ -4,7 +4,6 @@ summary.json / summary.md / the terminal table. Computed from the stage reports 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,7 @@ def summarize(out: Path, profile: Any, results: dict[str, Any], seconds: dict[st
         row["episodes"] = figures["episodes"]
         systems[name] = row
     summary = {
-        "profile": asdict(profile),
+        "profile": profile.settings(),
         "seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
         "tasks": results["tasks"],

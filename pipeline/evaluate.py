@@ -21,7 +21,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.collect import build_tasks, load_tokenizer, make_grader
 from pipeline.env.registry import eval_figures
 from pipeline.errors import PreflightError
 from pipeline.imitation import imitation_figures
@@ -32,6 +31,7 @@ from pipeline.policies.hf import HFPolicy
 from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
 from pipeline.recipe import EvalRecipe, PolicySpec
 from pipeline.rollout import Episode, collect, iter_trajectories, plan_episodes, summarize
+from pipeline.task_sources import build_tasks, load_tokenizer, make_grader
 from pipeline.tasks.schema import Task
 from pipeline.trajectory import Trajectory
 

@@ -12,40 +12,25 @@ nothing if the run already finished.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import datasets
 import torch
 import transformers
-from accelerate import PartialState
-from pydantic import ValidationError
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from pipeline.collect import build_tasks
-from pipeline.errors import RecipeError
-from pipeline.freezing import freeze_all_but_top_layers
+from pipeline import checkpoints
 from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
-from pipeline.preflight import check_task_files
-from pipeline.recipe import GeneratedTasks, TaskFile
-from pipeline.sft import (
-    copy_model_files,
-    is_final,
-    last_complete_checkpoint,
-    model_name,
-    preflight,
-    step_of,
-    trainer_state,
-)
+from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
+from pipeline.preflight import check_training
+from pipeline.task_sources import build_tasks, parse_task_sources
 
 logger = logging.getLogger(__name__)
-REPORT = "report.json"
 # Per-step figures copied from the log history into report.json
 REPORTED = (
     "reward", "episodes/accuracy", "episodes/malformed", "episodes/finished", "tokens/trained", "loss",
@@ -93,45 +78,18 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logger.info("script %s\nmodel %s", script_args, model_args)
-    preflight(script_args.recipe, model_args.model_name_or_path, training_args)
+    check_training(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
-    output_dir = training_args.output_dir
-    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
-    finished = is_final(checkpoint, training_args.max_steps)
-    if finished and os.path.isfile(os.path.join(output_dir, REPORT)):
-        logger.info("%s already finished at %s; nothing to do", output_dir, checkpoint)
-        PartialState().destroy_process_group()
-        with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
-            return json.load(f)
-
+    start = checkpoints.resume_point(training_args)
+    if start.report is not None:
+        return start.report
     trainer = build_trainer(script_args, training_args, model_args)
-
-    # Train (resumed: same task order, optimizer, scheduler and RNG state), then save the final model
-    if finished:
-        # Killed between the last checkpoint and the end: that checkpoint holds the final model
-        logger.info("training finished at %s; saving its model as the final one", checkpoint)
-        metrics, trainer.state.log_history = {}, trainer_state(checkpoint)["log_history"]
-        trainer.load_curriculum(checkpoint)
-        if trainer.accelerator.is_main_process:
-            copy_model_files(checkpoint, output_dir)
-    else:
-        logger.info("training from %s", checkpoint or "step 0")
-        metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        trainer.save_model(output_dir)
-
-    # Model card and push
-    card = {"model_name": model_name(training_args), "tags": ["statelm", "grpo"]}
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(**card)
-        if not model_args.use_peft:  # activation checkpointing turned the cache off; inference wants it
-            trainer.model.config.use_cache = True
-            trainer.model.config.save_pretrained(output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
+    metrics = checkpoints.train_or_restore(trainer, start, training_args.output_dir)
+    if start.finished:  # the curriculum's state at the final checkpoint, for the report
+        trainer.load_curriculum(start.checkpoint)
+    card = {"model_name": checkpoints.model_name(training_args), "tags": ["statelm", "grpo"]}
+    checkpoints.save_card(trainer, card, training_args, model_args.use_peft)
 
     history = trainer.state.log_history
     report = {
@@ -139,55 +97,24 @@ def main(script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, mod
         "base_model": model_args.model_name_or_path,
         "recipe": script_args.recipe,
         "tasks": len(trainer.train_dataset),
-        "resumed_from": checkpoint,
+        "resumed_from": start.checkpoint,
         "world_size": trainer.accelerator.num_processes,
         "episodes_per_step": training_args.tasks_per_generation * training_args.num_episodes_per_task,
-        "global_step": trainer.state.global_step or step_of(checkpoint),
+        "global_step": trainer.state.global_step or checkpoints.step_of(start.checkpoint),
         "train": metrics,
         "steps": [{"step": e["step"], **{k: e[k] for k in REPORTED if k in e}} for e in history if "reward" in e],
         "curriculum": None if trainer.curriculum is None else trainer.curriculum.state_dict(),
         "seconds": round(time.time() - started, 1),
     }
-    if trainer.accelerator.is_main_process:
-        with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-
-    # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
-    # Leave together: a rank that tears down gloo and exits while another still writes the model can abort
-    # (`terminate called without an active exception`, seen once in CI on a resumed ZeRO-3 run)
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()
-    return report
-
-
-def task_sources(tasks: list[Any] | None, recipe: str | None) -> list[GeneratedTasks | TaskFile]:
-    """The recipe's `tasks:` as task sources; a bad entry names the recipe, the entry and the field, once
-    (not pydantic's dump of every member of the union it tried)."""
-    where = f"{recipe}: tasks" if recipe else "tasks"
-    if not tasks:
-        raise RecipeError(f"{where}: the recipe lists no task source ({{generator: ...}} or {{file: ...}})")
-    sources: list[GeneratedTasks | TaskFile] = []
-    for index, entry in enumerate(tasks):
-        model = TaskFile if isinstance(entry, dict) and "file" in entry else GeneratedTasks
-        try:
-            sources.append(model.model_validate(entry))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors())
-            raise RecipeError(f"{where}.{index}: {problems}") from exc
-    check_task_files(sources, where)
-    return sources
+    return checkpoints.write_report_and_end(trainer, report, training_args.output_dir)
 
 
 def build_trainer(
     script_args: GRPOScriptArguments, training_args: StateLMGRPOConfig, model_args: ModelConfig
 ) -> StateLMGRPOTrainer:
     """The trainer main() runs: tasks, tokenizer, model path (loaded by TRL once the DeepSpeed config exists)."""
-    sources = task_sources(script_args.tasks, script_args.recipe)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    sources = parse_task_sources(script_args.tasks, script_args.recipe)
+    tokenizer = get_tokenizer(model_args, training_args)
     tasks = build_tasks(sources, tokenizer)
     if training_args.curriculum is not None and not any(t.metadata.get("generator") == "inventory" for t in tasks):
         raise ValueError("curriculum: it schedules inventory streams, but tasks has no {generator: inventory} source")
@@ -198,13 +125,7 @@ def build_trainer(
         training_args.steps_per_generation * training_args.per_device_train_batch_size,
         training_args.steps_per_generation,
     )
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args, model_args.attn_implementation)
     trainer = StateLMGRPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -212,11 +133,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
-    if script_args.trainable_layers is not None:
-        counts = freeze_all_but_top_layers(trainer.model, script_args.trainable_layers)
-        method += f", top {script_args.trainable_layers} layers"
-        logger.info("training the top %d layers: %s", script_args.trainable_layers, counts)
+    method, _ = training_method(trainer.model, model_args, script_args.trainable_layers)
     trainer.card_section = (
         "\n## statelm\n\n"
         f"- Base model: `{model_args.model_name_or_path}`\n"

@@ -54,7 +54,6 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
-from pipeline.collect import make_grader
 from pipeline.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_class, env_config
 from pipeline.grpo_chunks import RowChunks
@@ -65,6 +64,7 @@ from pipeline.policies.hf import dropped_ids
 from pipeline.policies.prefix_cache import PrefixCachingGenerator
 from pipeline.recipe import JudgeSpec
 from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
+from pipeline.task_sources import make_grader
 from pipeline.tasks.schema import Task
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class StateLMGRPOTrainer(EpisodeGeneration, RowChunks, GenerationMetrics, GRPOTr
     # -- curriculum: saved in every checkpoint, restored on resume --------------------------------------------
     def _save_checkpoint(self, model, trial):
         """Write curriculum.json before TRL's save, which writes trainer_state.json last: a checkpoint counted as
-        complete (pipeline.sft.last_complete_checkpoint) always has the curriculum of its step."""
+        complete (pipeline.checkpoints.last_complete_checkpoint) always has the curriculum of its step."""
         if self.curriculum is not None and self.args.should_save:
             step = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = os.path.join(self._get_output_dir(trial=trial), step)

@@ -132,6 +132,20 @@ def check_hub_push(repo_id: str | None, field: str) -> None:
         ) from exc
 
 
+def check_training(recipe: str | None, model: str | None, training_args: Any) -> None:
+    """A TRL stage (SFT, GRPO) before any loading: the model path resolves, the trackers are installed and, when
+    pushing, the Hub takes the token."""
+    from pipeline.checkpoints import model_name
+
+    where = f"{recipe}: " if recipe else ""
+    if not model:
+        raise PreflightError(f"{where}model_name_or_path is not set (the recipe's key, or --model)")
+    check_model_path(model, f"{where}model_name_or_path")
+    check_trackers(training_args.report_to, f"{where}report_to")
+    if training_args.push_to_hub:
+        check_hub_push(training_args.hub_model_id or model_name(training_args), f"{where}push_to_hub")
+
+
 def _looks_like_repo_id(name: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 

@@ -114,30 +114,22 @@ def env_section(value: Any) -> BaseModel:
     return config
 
 
-class CollectRecipe(_Strict):
-    """Everything `statelm collect` needs."""
+class _PlaysEpisodes(_Strict):
+    """What the recipes that play episodes (collect, eval) set alike: the output folder, the tasks, the
+    environment they are played in, how often each task is played, the seed, the reward weights and the judge.
+    Each policy's unset per-turn cap and enable_thinking come from the environment, where they are set once."""
 
     output_dir: str
-    student_tokenizer: str = Field(description="Path or hub id of the student's tokenizer (budgets count with it).")
     tasks: list[GeneratedTasks | TaskFile]
-    policy: PolicySpec
     environment: Any = Field(
         default_factory=EnvConfig,
         description="Environment kind and settings (env.registry), or the path of the shared env file "
         "(relative to this recipe).",
     )
     samples_per_task: int = Field(default=1, gt=0)
-    concurrency: int = Field(default=8, gt=0)
     seed: int = 0
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     judge: JudgeSpec | None = None
-    max_failed_share: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="Share of this run's episodes that may fail (server errors after every retry) before "
-        "`statelm collect` exits non-zero (3); 0: any failed episode does.",
-    )
 
     @field_validator("environment", mode="before")
     @classmethod
@@ -149,19 +141,32 @@ class CollectRecipe(_Strict):
         return _fill_policies(self)
 
 
+class CollectRecipe(_PlaysEpisodes):
+    """Everything `statelm collect` needs."""
+
+    student_tokenizer: str = Field(description="Path or hub id of the student's tokenizer (budgets count with it).")
+    policy: PolicySpec
+    concurrency: int = Field(default=8, gt=0)
+    max_failed_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of this run's episodes that may fail (server errors after every retry) before "
+        "`statelm collect` exits non-zero (3); 0: any failed episode does.",
+    )
+
+
 def load_collect_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CollectRecipe:
     """Read and validate a collection recipe; errors name the file and the field."""
     return load_recipe(CollectRecipe, path, overrides)
 
 
-class EvalRecipe(_Strict):
+class EvalRecipe(_PlaysEpisodes):
     """Everything `statelm eval` needs: systems to compare, tasks, and the training-time environment."""
 
-    output_dir: str
     student_tokenizer: str | None = Field(
         default=None, description="Tokenizer budgets count with; default: the first HF model's folder."
     )
-    tasks: list[GeneratedTasks | TaskFile]
     models: dict[str, PolicySpec] = Field(description="Label -> policy of each model under test.")
     baselines: list[Literal["scripted", "no_tools"]] = Field(default_factory=list)
     expert: PolicySpec | None = Field(
@@ -170,16 +175,7 @@ class EvalRecipe(_Strict):
     no_tools_model: str | None = Field(default=None, description="Label of the model for the no-tools baseline.")
     no_tools_max_tokens: int = Field(default=32000, description="Prompt + output window of the no-tools baseline.")
     no_tools_max_output_tokens: int = 64
-    environment: Any = Field(
-        default_factory=EnvConfig,
-        description="Environment kind and settings (env.registry), or the path of the shared env file "
-        "(relative to this recipe).",
-    )
-    samples_per_task: int = Field(default=1, gt=0)
     concurrency: int = Field(default=4, gt=0)
-    seed: int = 0
-    rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
-    judge: JudgeSpec | None = None
     sawtooth_episodes: int = 4
     imitation: bool = Field(
         default=True,
@@ -189,15 +185,6 @@ class EvalRecipe(_Strict):
     imitation_episodes: int | None = Field(
         default=None, gt=0, description="Score imitation on the first N expert episodes only (default: all)."
     )
-
-    @field_validator("environment", mode="before")
-    @classmethod
-    def _env(cls, value: Any) -> BaseModel:
-        return env_section(value)
-
-    @model_validator(mode="after")
-    def _policy_defaults(self) -> Any:
-        return _fill_policies(self)
 
     def tokenizer_path(self) -> str:
         if self.student_tokenizer:

@@ -10,11 +10,8 @@ complete checkpoint with the same data order, and does nothing if the run alread
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,15 +20,12 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from accelerate import PartialState
-from transformers import AutoTokenizer, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from pipeline.errors import PreflightError
-from pipeline.freezing import freeze_all_but_top_layers
-from pipeline.preflight import check_hub_push, check_model_path, check_trackers
+from pipeline import checkpoints
+from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
+from pipeline.preflight import check_training
 from pipeline.sft_data import describe, load_sft_dataset
 from pipeline.shared_prefix import shared_prefix_dataset
 from pipeline.shared_prefix_collator import (
@@ -45,12 +39,6 @@ from pipeline.shared_prefix_collator import (
 )
 
 logger = logging.getLogger(__name__)
-REPORT = "report.json"
-# What a checkpoint holds besides the model files save_model writes (DeepSpeed adds latest, global_step*/...)
-TRAINING_STATE = re.compile(
-    r"optimizer.*|scheduler\.pt|scaler\.pt|rng_state.*|trainer_state\.json|"
-    r"training_args\.bin|latest|zero_to_.*\.py|global_step\d+"
-)
 
 
 @dataclass
@@ -130,77 +118,37 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     set_seed(training_args.seed)
     # Our messages at INFO on the main process; the libraries at the recipe's log_level (default: warnings)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    for name in (__name__, "pipeline.checkpoints", "pipeline.model_utils"):
+        logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     logger.info("script %s\nmodel %s", script_args, model_args)
-    preflight(script_args.recipe, model_args.model_name_or_path, training_args)
+    check_training(script_args.recipe, model_args.model_name_or_path, training_args)
 
     # Resume point: an explicit checkpoint, else the last complete one in output_dir
-    output_dir = training_args.output_dir
-    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
-    finished = is_final(checkpoint, training_args.max_steps)
-    if finished and os.path.isfile(os.path.join(output_dir, REPORT)):
-        logger.info("%s already finished at %s; nothing to do", output_dir, checkpoint)
-        PartialState().destroy_process_group()
-        with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
-            return json.load(f)
-
+    start = checkpoints.resume_point(training_args)
+    if start.report is not None:
+        return start.report
     trainer, data_report = build_trainer(script_args, training_args, model_args)
-
-    # Train (resumed: same data order, optimizer, scheduler and RNG state), then save the final model
-    if finished:
-        # Killed between the last checkpoint and the end: that checkpoint holds the final model. (Resuming
-        # there would train one step too many: Trainer checks max_steps only after a step.)
-        logger.info("training finished at %s; saving its model as the final one", checkpoint)
-        metrics, trainer.state.log_history = {}, trainer_state(checkpoint)["log_history"]
-        if trainer.accelerator.is_main_process:
-            copy_model_files(checkpoint, output_dir)
-    else:
-        logger.info("training from %s", checkpoint or "step 0")
-        metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        trainer.save_model(output_dir)
-
-    # Model card and push
-    card = {
-        "model_name": model_name(training_args),
-        "dataset_name": script_args.dataset_name,
-        "tags": ["statelm", "sft"],
-    }
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(**card)
-        if not model_args.use_peft:  # gradient checkpointing turned the cache off; inference wants it
-            trainer.model.config.use_cache = True
-            trainer.model.config.save_pretrained(output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
+    metrics = checkpoints.train_or_restore(trainer, start, training_args.output_dir)
+    card = {"model_name": checkpoints.model_name(training_args), "dataset_name": script_args.dataset_name,
+            "tags": ["statelm", "sft"]}  # fmt: skip
+    checkpoints.save_card(trainer, card, training_args, model_args.use_peft)
 
     report = {
         "stage": "sft",
         "base_model": model_args.model_name_or_path,
         "dataset": script_args.dataset_path or script_args.dataset_name,
         "recipe": script_args.recipe,
-        "resumed_from": checkpoint,
+        "resumed_from": start.checkpoint,
         "world_size": trainer.accelerator.num_processes,
         "data": data_report,
-        "global_step": trainer.state.global_step or step_of(checkpoint),
+        "global_step": trainer.state.global_step or checkpoints.step_of(start.checkpoint),
         "train": metrics,
         "losses": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
         "seconds": round(time.time() - started, 1),
     }
-    if trainer.accelerator.is_main_process:
-        with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-
-    # Finish trackers and destroy the process group: without it a multi-process run exits non-zero
-    # Leave together: a rank that tears down gloo and exits while another still writes the model can abort
-    # (`terminate called without an active exception`, seen once in CI on a resumed ZeRO-3 run)
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()
-    return report
+    return checkpoints.write_report_and_end(trainer, report, training_args.output_dir)
 
 
 def build_trainer(
@@ -226,11 +174,7 @@ def build_trainer(
         data_report["shared_prefix"] = {"fallback": fallback}
     logger.info("dataset %s", data_report)
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    tokenizer = get_tokenizer(model_args, training_args)
     collator = None
     if shared_prefix:
         dataset, data_report["shared_prefix"], collator = shared_prefix_setup(
@@ -238,13 +182,9 @@ def build_trainer(
         )
     # The trainer loads the model from the path once the DeepSpeed config exists (ZeRO-3 sharded loading)
     attention = model_args.attn_implementation
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": loaded_attention(attention) if shared_prefix else attention,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    training_args.model_init_kwargs = model_init_kwargs(
+        model_args, training_args, loaded_attention(attention) if shared_prefix else attention
+    )
     trainer = StateLMSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -262,12 +202,9 @@ def build_trainer(
                 f"the model loaded attention {loaded!r}; shared-prefix rows for {attention!r} need "
                 f"{loaded_attention(attention)!r}"
             )
-    method = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full"
-    if script_args.trainable_layers is not None:
-        counts = freeze_all_but_top_layers(trainer.model, script_args.trainable_layers)
+    method, counts = training_method(trainer.model, model_args, script_args.trainable_layers)
+    if counts is not None:
         data_report["parameters"] = counts
-        method += f", top {script_args.trainable_layers} layers"
-        logger.info("training the top %d layers: %s", script_args.trainable_layers, counts)
     trainer.card_section = (
         "\n## statelm\n\n"
         f"- Base model: `{model_args.model_name_or_path}`\n"
@@ -298,62 +235,6 @@ def shared_prefix_setup(
         pad_to_multiple_of=training_args.pad_to_multiple_of,
     )
     return packed, figures, collator
-
-
-def preflight(recipe: str | None, model: str | None, training_args: Any) -> None:
-    """Before any loading: the model path resolves and, when pushing, the Hub takes the token."""
-    where = f"{recipe}: " if recipe else ""
-    if not model:
-        raise PreflightError(f"{where}model_name_or_path is not set (the recipe's key, or --model)")
-    check_model_path(model, f"{where}model_name_or_path")
-    check_trackers(training_args.report_to, f"{where}report_to")
-    if training_args.push_to_hub:
-        check_hub_push(training_args.hub_model_id or model_name(training_args), f"{where}push_to_hub")
-
-
-def model_name(training_args: Any) -> str:
-    """The name the model card gives the model, as TRL names it at checkpoints: the hub repo or the folder."""
-    if training_args.hub_model_id:
-        return training_args.hub_model_id.split("/")[-1]
-    return os.path.basename(os.path.normpath(training_args.output_dir))
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint-<step> in output_dir that was fully written. A kill during a save leaves a
-    checkpoint without trainer_state.json (the Trainer writes it last), which get_last_checkpoint would pick."""
-    if not os.path.isdir(output_dir):
-        return None
-    complete = [
-        name
-        for name in os.listdir(output_dir)
-        if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name)
-        and os.path.isfile(os.path.join(output_dir, name, TRAINER_STATE_NAME))
-    ]
-    return os.path.join(output_dir, max(complete, key=step_of)) if complete else None
-
-
-def step_of(checkpoint: str | None) -> int:
-    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
-
-
-def is_final(checkpoint: str | None, max_steps: int) -> bool:
-    """Whether the checkpoint holds the run's last step (max_steps, or the total it planned by epochs)."""
-    if checkpoint is None:
-        return False
-    state = trainer_state(checkpoint)
-    return state["global_step"] >= (max_steps if max_steps > 0 else state["max_steps"])
-
-
-def trainer_state(checkpoint: str) -> dict:
-    with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def copy_model_files(checkpoint: str, output_dir: str) -> None:
-    for name in os.listdir(checkpoint):
-        path = os.path.join(checkpoint, name)
-        if os.path.isfile(path) and not TRAINING_STATE.fullmatch(name):
-            shutil.copy2(path, os.path.join(output_dir, name))
 
 
 def _run_from_command_line() -> None:

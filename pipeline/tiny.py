@@ -298,7 +298,7 @@ def build_tiny_model(
     `pad_vocab_to`, so (as in Qwen3) the model's vocab_size may exceed len(tokenizer). A folder
     whose manifest records the same parameters is reused unless `overwrite`.
     """
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig, Qwen3ForCausalLM
 
     out = Path(out_dir)
     params = {
@@ -316,12 +316,8 @@ def build_tiny_model(
         "n_transcripts": n_transcripts,
     }
     manifest_path = out / MANIFEST
-    if not overwrite and manifest_path.is_file():
-        try:
-            if json.loads(manifest_path.read_text())["params"] == params:
-                return out
-        except (json.JSONDecodeError, KeyError):
-            pass  # an unreadable manifest means an unfinished build: build again
+    if not overwrite and _built_with(manifest_path, params):
+        return out
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise ValueError(
             f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}, "
@@ -331,22 +327,7 @@ def build_tiny_model(
     texts = training_texts(seed, corpus_words, n_transcripts)
     tokenizer = train_tokenizer(texts, vocab_size, model_max_length=max_position_embeddings)
     eos_id, pad_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    config = Qwen3Config(
-        vocab_size=-(-len(tokenizer) // pad_vocab_to) * pad_vocab_to,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=hidden_size // num_heads,
-        max_position_embeddings=max_position_embeddings,
-        max_window_layers=num_layers,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-        tie_word_embeddings=True,
-        bos_token_id=pad_id,  # Qwen3's config names <|endoftext|> as bos; the tokenizer adds no bos
-        eos_token_id=eos_id,
-        dtype=torch.float32,
-    )
+    config = _qwen3_config(params, len(tokenizer), eos_id, pad_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config)
@@ -365,3 +346,36 @@ def build_tiny_model(
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _built_with(manifest_path: Path, params: dict[str, Any]) -> bool:
+    """Whether the folder holds a finished build of these parameters (the manifest is written last)."""
+    if not manifest_path.is_file():
+        return False
+    try:
+        return json.loads(manifest_path.read_text())["params"] == params
+    except (json.JSONDecodeError, KeyError):
+        return False  # an unreadable manifest means an unfinished build: build again
+
+
+def _qwen3_config(params: dict[str, Any], tokenizer_size: int, eos_id: int, pad_id: int) -> Any:
+    """The Qwen3 architecture at the tiny sizes; the embedding rows are len(tokenizer) rounded up to pad_vocab_to."""
+    from transformers import Qwen3Config
+
+    hidden, heads, layers = params["hidden_size"], params["num_heads"], params["num_layers"]
+    return Qwen3Config(
+        vocab_size=-(-tokenizer_size // params["pad_vocab_to"]) * params["pad_vocab_to"],
+        hidden_size=hidden,
+        intermediate_size=params["intermediate_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=params["num_kv_heads"],
+        head_dim=hidden // heads,
+        max_position_embeddings=params["max_position_embeddings"],
+        max_window_layers=layers,
+        rope_parameters={"rope_type": "default", "rope_theta": params["rope_theta"]},
+        tie_word_embeddings=True,
+        bos_token_id=pad_id,  # Qwen3's config names <|endoftext|> as bos; the tokenizer adds no bos
+        eos_token_id=eos_id,
+        dtype=torch.float32,
+    )

@@ -132,8 +132,8 @@ def test_random_hf_model_plays_without_crashing_and_ends_malformed(tiny_model_di
 
 
 def test_recipe_phrasing_options_reach_the_generators_and_the_cli(tmp_path):
-    from pipeline.collect import build_tasks
     from pipeline.recipe import GeneratedTasks
+    from pipeline.task_sources import build_tasks
     from pipeline.tasks.schema import read_tasks
 
     source = {"generator": "niah", "n": 3, "min_tokens": 200, "max_tokens": 300, "seed": 1}

@@ -17,9 +17,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo import PROFILES, SAMPLED, STAGES, SYSTEMS
+from pipeline.demo import PROFILES, SAMPLED, STAGES, SYSTEMS, write_recipes
 
 QUICK = PROFILES["quick"]
+EXPECTED_QUICK_RECIPES = Path(__file__).parent / "fixtures" / "demo_quick_recipes.yaml"
+
+
+def test_quick_recipes_resolve_to_the_checked_in_ones(tmp_path):
+    """recipes/demo/ merged with quick.yaml, paths filled in: the recipes the quick demo has always run."""
+    paths = write_recipes(tmp_path, QUICK)
+    written = {name: yaml.safe_load(path.read_text().replace(str(tmp_path), "<out>")) for name, path in paths.items()}
+    assert written == yaml.safe_load(EXPECTED_QUICK_RECIPES.read_text())
+    assert all(path.read_text().startswith(f"# statelm demo (quick): stage {name}\n") for name, path in paths.items())
+
+
+def test_full_profile_differs_from_quick_only_where_quick_yaml_says():
+    full = PROFILES["full"]
+    assert full.base == "smollm2" and QUICK.base == "tiny" and QUICK.tiny_model["hidden_size"] == 64
+    assert full.recipes["sft"]["use_cpu"] and "use_cpu" not in QUICK.recipes["sft"]  # null removes a key
+    assert full.recipes["grpo"]["trainable_layers"] == 12 and "trainable_layers" not in QUICK.recipes["grpo"]
+    assert len(full.recipes["eval"]["tasks"]) == 2 and len(QUICK.recipes["eval"]["tasks"]) == 1  # lists replace
+    assert full.recipes["eval"]["models"]["sft_t1"]["max_input_tokens"] == 2048  # mappings merge key by key
+    assert QUICK.recipes["eval"]["models"]["sft_t1"] == {**full.recipes["eval"]["models"]["sft_t1"],
+                                                         "dtype": "auto", "samples": 1}  # fmt: skip
+    for profile in (full, QUICK):  # env.yaml: every stage that plays one plays the same environment
+        environments = [profile.recipes[s]["environment"] for s in ("teacher", "curate", "grpo", "eval")]
+        assert all(e == environments[0] for e in environments)
 
 
 @pytest.fixture(scope="module")
@@ -56,26 +79,32 @@ def test_held_out_tasks_are_not_training_tasks(demo_run):
     assert not (train | grpo) & heldout
 
 
+def recipe(out: Path, stage: str) -> dict:
+    """The recipe the demo ran the stage with."""
+    return yaml.safe_load((out / "recipes" / f"{stage}.yaml").read_text())
+
+
 def test_stage_figures_add_up(demo_run):
-    _, summary, _ = demo_run
+    out, summary, _ = demo_run
     collect, curate, sft, grpo = (summary[k] for k in ("collect", "curate", "sft", "grpo"))
+    sft_steps, grpo_recipe = recipe(out, "sft")["max_steps"], recipe(out, "grpo")
     assert collect["episodes"] == QUICK.train_tasks and collect["accuracy"] == 1.0  # the scripted teacher
     assert curate["episodes_in"] == collect["episodes"] >= curate["episodes_kept"] > 0
     assert 0 < curate["trained_tokens"] < curate["tokens"] and curate["rows"] >= curate["episodes_kept"]
-    assert sft["steps"] == QUICK.sft_steps and math.isfinite(sft["first_loss"]) and math.isfinite(sft["last_loss"])
-    assert grpo["steps"] == QUICK.grpo_steps and len(grpo["rewards"]) == QUICK.grpo_steps
-    assert grpo["episodes_per_step"] == QUICK.grpo_group * QUICK.grpo_tasks_per_step
+    assert sft["steps"] == sft_steps and math.isfinite(sft["first_loss"]) and math.isfinite(sft["last_loss"])
+    assert grpo["steps"] == grpo_recipe["max_steps"] and len(grpo["rewards"]) == grpo_recipe["max_steps"]
+    assert grpo["episodes_per_step"] == grpo_recipe["num_episodes_per_task"] * grpo_recipe["tasks_per_generation"]
     assert 0.0 <= grpo["groups_with_spread"] <= 1.0
     assert all(math.isfinite(r) and r <= 1.0 for r in grpo["rewards"])  # format errors can cost more than -1
 
 
 def test_eval_covers_every_system_on_every_held_out_task(demo_run):
-    _, summary, _ = demo_run
-    systems = summary["eval"]["systems"]
+    out, summary, _ = demo_run
+    systems, models = summary["eval"]["systems"], recipe(out, "eval")["models"]
     assert set(systems) == {*SYSTEMS, *SAMPLED, "scripted_expert", "no_tools"}
     for name, s in systems.items():
         if name in SAMPLED:  # sampled systems play the short split only, each task eval_samples times
-            assert s["episodes"] == QUICK.heldout_short * QUICK.eval_samples, name
+            assert s["episodes"] == QUICK.heldout_short * models[name]["samples"], name
         else:
             assert s["episodes"] == summary["tasks"]["heldout"], name
         assert 0.0 <= s["accuracy"] <= 1.0

@@ -133,26 +133,10 @@ def generate_niah(
         needles = [
             fill(NEEDLES[templates][t], key=k, value=v) for t, k, v in zip(needle_ids, keys, values, strict=True)
         ]
-        distractors: list[str] = []
-        for d in range(n_distractors):
-            near = keys[d % len(keys)]
-            distractors += _distinct_keys(
-                rng, 1, lambda r, near=near, shape=shape: distractor_key(r, near, shape), keys + distractors
-            )
-        distractor_values = _distinct_keys(rng, len(distractors), VALUE_SHAPES[value_shape], values)
-        needles += [
-            fill(NEEDLES[templates][int(rng.integers(0, len(NEEDLES[templates])))], key=k, value=v)
-            for k, v in zip(distractors, distractor_values, strict=True)
-        ]
-        text, depths = _haystack_with(rng, int(target / tpw), needles)
-        if n_needles == 1:
-            question_id = 0 if classic else int(rng.integers(0, len(QUESTIONS[templates])))
-            question = fill(QUESTIONS[templates][question_id], key=keys[0])
-            kind, answer = "exact", values[0]
-        else:
-            question_id = 0 if classic else int(rng.integers(0, len(SET_QUESTIONS[templates])))
-            question = SET_QUESTIONS[templates][question_id].format(keys=prose_list(keys, templates))
-            kind, answer = "set", values
+        distractors, distractor_needles = _distractors(rng, keys, values, shape, value_shape, templates, n_distractors)
+        text, depths = _haystack_with(rng, int(target / tpw), needles + distractor_needles)
+        question_id, question = _niah_question(rng, keys, templates)
+        kind, answer = ("exact", values[0]) if n_needles == 1 else ("set", values)
         metadata = {
             "generator": "niah",
             "seed": seed,
@@ -180,6 +164,41 @@ def generate_niah(
             )
         )
     return tasks
+
+
+def _distractors(
+    rng: np.random.Generator,
+    keys: list[str],
+    values: list[str],
+    shape: str,
+    value_shape: str,
+    templates: str,
+    n_distractors: int,
+) -> tuple[list[str], list[str]]:
+    """Keys that differ from a real key in one part (cycling through the real keys), and their needles: other
+    values, any needle template of the family."""
+    distractors: list[str] = []
+    for d in range(n_distractors):
+        near = keys[d % len(keys)]
+        distractors += _distinct_keys(
+            rng, 1, lambda r, near=near, shape=shape: distractor_key(r, near, shape), keys + distractors
+        )
+    distractor_values = _distinct_keys(rng, len(distractors), VALUE_SHAPES[value_shape], values)
+    needles = [
+        fill(NEEDLES[templates][int(rng.integers(0, len(NEEDLES[templates])))], key=k, value=v)
+        for k, v in zip(distractors, distractor_values, strict=True)
+    ]
+    return distractors, needles
+
+
+def _niah_question(rng: np.random.Generator, keys: list[str], templates: str) -> tuple[int, str]:
+    """(template index, question): the value of the one key, or (a `set` task) the values of every key."""
+    classic = templates == "classic"
+    if len(keys) == 1:
+        question_id = 0 if classic else int(rng.integers(0, len(QUESTIONS[templates])))
+        return question_id, fill(QUESTIONS[templates][question_id], key=keys[0])
+    question_id = 0 if classic else int(rng.integers(0, len(SET_QUESTIONS[templates])))
+    return question_id, SET_QUESTIONS[templates][question_id].format(keys=prose_list(keys, templates))
 
 
 def generate_multihop(
