@@ -25,7 +25,8 @@ from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from pipeline import checkpoints
-from pipeline.grpo_trainer import StateLMGRPOConfig, StateLMGRPOTrainer, tasks_dataset
+from pipeline.grpo_config import StateLMGRPOConfig
+from pipeline.grpo_trainer import StateLMGRPOTrainer, tasks_dataset
 from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
 from pipeline.preflight import check_training
 from pipeline.task_sources import build_tasks, parse_task_sources

@@ -42,166 +42,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from accelerate.utils import gather, gather_object
 from datasets import Dataset
 from pydantic import ValidationError
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from pipeline.advantages import ADVANTAGE_TYPES, group_advantages
+from pipeline.advantages import group_advantages
 from pipeline.curriculum import Curriculum, CurriculumConfig, staged_task
 from pipeline.env.registry import env_class, env_config
 from pipeline.grpo_chunks import RowChunks
+from pipeline.grpo_config import StateLMGRPOConfig
 from pipeline.grpo_generation import EpisodeGeneration, PlayedEpisode
 from pipeline.grpo_metrics import GenerationMetrics
 from pipeline.grpo_rows import episode_rows
 from pipeline.policies.hf import dropped_ids
 from pipeline.policies.prefix_cache import PrefixCachingGenerator
 from pipeline.recipe import JudgeSpec
-from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
 from pipeline.task_sources import make_grader
 from pipeline.tasks.schema import Task
 
 logger = logging.getLogger(__name__)
 
-LOSS_TYPES = ("grpo", "dr_grpo")  # TRL losses whose normalisation the per-episode weights are built for
 CURRICULUM_FILE = "curriculum.json"  # in each checkpoint: the curriculum's position at that step
-
-
-@dataclass
-class StateLMGRPOConfig(GRPOConfig):
-    """TRL's GRPOConfig plus the episode settings. Derived: `num_generations = num_episodes_per_task`, and
-    `steps_per_generation = gradient_accumulation_steps = rows per process / per_device_train_batch_size`
-    (one optimizer step per generation), where rows per process = episodes per process * max_segments_per_episode.
-    """
-
-    num_episodes_per_task: int = field(
-        default=8, metadata={"help": "G: episodes played per task; their rewards form one group."}
-    )
-    tasks_per_generation: int = field(
-        default=1, metadata={"help": "Tasks played per generation (over all processes); G episodes each."}
-    )
-    max_segments_per_episode: int = field(
-        default=8, metadata={"help": "Most segments trained per episode: last, edit-adjacent, then random."}
-    )
-    max_tokens_per_segment: int | None = field(
-        default=None, metadata={"help": "Start a new segment before a row grows longer than this (memory)."}
-    )
-    advantage: str = field(
-        default="grpo", metadata={"help": "grpo: (r - group mean) / group std; dr_grpo: r - group mean."}
-    )
-    rewards: dict | str | None = field(
-        default=None,
-        metadata={"help": f"Weight of each reward component (pipeline/rewards.py); default {DEFAULT_REWARD_WEIGHTS}."},
-    )
-    environment: dict | str | None = field(
-        default=None,
-        metadata={"help": "Environment kind and budgets (EnvConfig: max_context_tokens, max_rounds, ...)."},
-    )
-    judge: dict | str | None = field(
-        default=None, metadata={"help": "LLM judge {base_url, model, api_key} for `judge` tasks."}
-    )
-    curriculum: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": "Inventory curriculum {stages: [{n_chunks, chunk_size}, ...], window, threshold}: inventory "
-            "tasks are played at the current stage's sizes (pipeline/curriculum.py)."
-        },
-    )
-    prefix_cache: bool = field(
-        default=True,
-        metadata={
-            "help": "HF generation (no vLLM): reuse the KV cache of each episode's prefix across its turns and decode "
-            "all local episodes in one batch (pipeline/policies/prefix_cache.py); false: TRL's generate per round."
-        },
-    )
-    # TRL defaults that differ here: GRPO's per-sequence normalisation, and every step's figures in the log
-    loss_type: str = field(
-        default="grpo", metadata={"help": "TRL loss aggregation: grpo (mean over a segment's tokens) or dr_grpo."}
-    )
-    logging_steps: float = field(default=1, metadata={"help": "Log every X updates steps."})
-
-    _VALID_DICT_FIELDS: ClassVar[list[str]] = [
-        *GRPOConfig._VALID_DICT_FIELDS, "rewards", "environment", "judge", "curriculum",
-    ]  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if self.advantage not in ADVANTAGE_TYPES:
-            raise ValueError(f"advantage must be one of {ADVANTAGE_TYPES}, got {self.advantage!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(
-                f"loss_type {self.loss_type!r} is not supported: the per-episode segment weights assume a loss "
-                f"normalised per sequence; choose one of {LOSS_TYPES}"
-            )
-        if self.num_episodes_per_task < 2:
-            raise ValueError(f"num_episodes_per_task must be >= 2 (a group), got {self.num_episodes_per_task}")
-        if self.tasks_per_generation < 1:
-            raise ValueError(f"tasks_per_generation must be >= 1, got {self.tasks_per_generation}")
-        if self.max_segments_per_episode < 1:
-            raise ValueError(f"max_segments_per_episode must be >= 1, got {self.max_segments_per_episode}")
-        if self.generation_batch_size is not None:
-            raise ValueError("generation_batch_size is derived here; set tasks_per_generation instead")
-        self.num_generations = self.num_episodes_per_task
-        # The process count is needed before the parent sets up the distributed state (GA feeds DeepSpeed)
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        episodes = self.tasks_per_generation * self.num_episodes_per_task
-        if episodes % world_size:
-            raise ValueError(
-                f"tasks_per_generation * num_episodes_per_task = {episodes} episodes do not split over "
-                f"{world_size} processes"
-            )
-        rows = episodes // world_size * self.max_segments_per_episode
-        if rows % self.per_device_train_batch_size:
-            raise ValueError(
-                f"{rows} rows per process per generation ({episodes // world_size} episodes x "
-                f"max_segments_per_episode={self.max_segments_per_episode}) are not a multiple of "
-                f"per_device_train_batch_size={self.per_device_train_batch_size}"
-            )
-        steps = rows // self.per_device_train_batch_size
-        if self.steps_per_generation not in (None, steps) or self.gradient_accumulation_steps not in (1, steps):
-            raise ValueError(
-                f"steps_per_generation and gradient_accumulation_steps are derived ({steps}: one optimizer step per "
-                "generation); leave them unset"
-            )
-        self.steps_per_generation = self.gradient_accumulation_steps = steps
-        super().__post_init__()
-        self._from_environment()
-        if self.world_size != world_size:
-            raise RuntimeError(f"WORLD_SIZE={world_size} but the distributed state has {self.world_size} processes")
-        # The sections ours reads later are checked now, so a bad recipe fails before any model loads
-        try:
-            rubric = env_class(self.environment).rubric
-            if self.curriculum is not None:
-                CurriculumConfig.model_validate(self.curriculum)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"environment / curriculum: {problems}") from exc
-        self.rewards = dict(DEFAULT_REWARD_WEIGHTS if self.rewards is None else self.rewards)
-        try:
-            rubric.check_weights(self.rewards)
-        except ValueError as exc:
-            raise ValueError(f"rewards: {exc}") from exc
-        self.reward_weights = None  # the reward is the episode's own (its env's rubric), never TRL's weighted sum
-
-    def _from_environment(self) -> None:
-        """The student's per-turn cap and chat-template kwargs are the environment's (set once for every stage)."""
-        try:
-            env = env_config(self.environment)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"environment: {problems}") from exc
-        self.max_completion_length = getattr(env, "max_output_tokens", self.max_completion_length)
-        if getattr(env, "enable_thinking", None) is not None:
-            self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": env.enable_thinking}
-
-    @property
-    def episodes_per_process(self) -> int:
-        return self.tasks_per_generation * self.num_episodes_per_task // self.world_size
 
 
 def component_reward(name: str):
