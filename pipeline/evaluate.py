@@ -188,7 +188,9 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
             trajectories = list(iter_trajectories(path))
             played[name] = {**episode_report(trajectories), "failed": run["failed"]}
             if name == "scripted_expert":
-                expert_episodes = trajectories
+                # In episode order, not file order (concurrent episodes are written as they end), so the
+                # first `imitation_episodes` are the same ones on every run
+                expert_episodes = sorted(trajectories, key=lambda t: t.episode_id)
             elif _scores_imitation(recipe, policy, expert_episodes):
                 played[name]["imitation"] = imitation_figures(
                     policy.model, tokenizer, expert_episodes[: recipe.imitation_episodes], policy.chat_template_kwargs
