@@ -289,8 +289,9 @@ def demo_cmd(
     quick: Annotated[bool, typer.Option(help="A ~2-minute smoke run of every stage (what CI runs).")] = False,
     fresh: Annotated[bool, typer.Option(help="Delete the run folder first instead of resuming it.")] = False,
 ) -> None:
-    """The whole pipeline on CPU: tiny model -> tasks -> collect -> curate -> SFT -> GRPO -> eval, with a summary
-    (terminal table + <out>/summary.md with plots) of what the tiny model learned on held-out tasks."""
+    """The whole pipeline on CPU: SmolLM2-135M-Instruct (--quick: the tiny random model) -> tasks -> collect ->
+    curate -> SFT -> GRPO -> eval, with a summary (terminal table + <out>/summary.md with plots) of what the student
+    learned on held-out tasks and the issue's targets, met or NOT met."""
     import shutil
 
     from pipeline.demo import PROFILES, run_demo
