@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.config import load_recipe
 from pipeline.env.pensieve import EnvConfig
-from pipeline.env.registry import env_config
+from pipeline.recipe import env_section
 
 
 class _Strict(BaseModel):
@@ -80,7 +80,7 @@ class CurateRecipe(_Strict):
     @field_validator("environment", mode="before")
     @classmethod
     def _env(cls, value: Any) -> BaseModel:
-        return env_config(value)
+        return env_section(value)  # validated as every stage's environment block is
 
     @model_validator(mode="after")
     def _hub(self) -> CurateRecipe:

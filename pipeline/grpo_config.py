@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 from trl import GRPOConfig
@@ -118,17 +118,14 @@ class StateLMGRPOConfig(GRPOConfig):
             )
         self.steps_per_generation = self.gradient_accumulation_steps = steps
         super().__post_init__()
-        self._from_environment()
         if self.world_size != world_size:
             raise RuntimeError(f"WORLD_SIZE={world_size} but the distributed state has {self.world_size} processes")
-        # The sections ours reads later are checked now, so a bad recipe fails before any model loads
-        try:
-            rubric = env_class(self.environment).rubric
-            if self.curriculum is not None:
-                CurriculumConfig.model_validate(self.curriculum)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"environment / curriculum: {problems}") from exc
+        # The sections ours reads later are checked now (each once), so a bad recipe fails before any model loads
+        env = _checked("environment", env_config, self.environment)
+        if self.curriculum is not None:
+            _checked("curriculum", CurriculumConfig.model_validate, self.curriculum)
+        self._from_environment(env)
+        rubric = env_class(env).rubric
         self.rewards = dict(DEFAULT_REWARD_WEIGHTS if self.rewards is None else self.rewards)
         try:
             rubric.check_weights(self.rewards)
@@ -136,13 +133,8 @@ class StateLMGRPOConfig(GRPOConfig):
             raise ValueError(f"rewards: {exc}") from exc
         self.reward_weights = None  # the reward is the episode's own (its env's rubric), never TRL's weighted sum
 
-    def _from_environment(self) -> None:
+    def _from_environment(self, env: Any) -> None:
         """The student's per-turn cap and chat-template kwargs are the environment's (set once for every stage)."""
-        try:
-            env = env_config(self.environment)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"environment: {problems}") from exc
         self.max_completion_length = getattr(env, "max_output_tokens", self.max_completion_length)
         if getattr(env, "enable_thinking", None) is not None:
             self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": env.enable_thinking}
@@ -150,3 +142,12 @@ class StateLMGRPOConfig(GRPOConfig):
     @property
     def episodes_per_process(self) -> int:
         return self.tasks_per_generation * self.num_episodes_per_task // self.world_size
+
+
+def _checked(section: str, validate: Any, value: Any) -> Any:
+    """A recipe section validated by pydantic, its problems in one line that names the section."""
+    try:
+        return validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{section}: {problems}") from exc

@@ -71,7 +71,8 @@ def sub_policy_for(env_config: Any) -> SubModelRunner | None:
     spec = getattr(env_config, "sub_model", None)
     if spec is None:
         return None
-    spec = PolicySpec.model_validate(spec.model_dump() if hasattr(spec, "model_dump") else spec)
+    if not isinstance(spec, PolicySpec):  # recipes validate it already (recipe.env_section); a bare config may not
+        spec = PolicySpec.model_validate(spec.model_dump() if hasattr(spec, "model_dump") else spec)
     key = spec.model_dump_json()
     with _SUB_POLICIES_LOCK:
         if key not in _SUB_POLICIES:
