@@ -1,6 +1,6 @@
 """A success-rate curriculum: move to the next, harder stage when the rolling success rate passes a threshold.
 
-Used for Inventory streams (stages of `n_chunks` x `chunk_size`), but a stage is just the generator
+Used for Inventory streams (stages of `n_chunks` x `words_per_chunk`), but a stage is just the generator
 arguments it overrides. `update(success)` is called once per finished episode; once the last `window`
 episodes of the current stage reach `threshold`, the next stage starts with an empty window (so one
 lucky episode never advances, and the new stage is judged on its own episodes). The last stage is kept
@@ -29,7 +29,7 @@ class CurriculumStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_chunks: int = Field(gt=0)
-    chunk_size: int = Field(gt=0, description="Words per chunk.")
+    words_per_chunk: int = Field(gt=0, description="Words per chunk.")
     command_density: float | None = Field(default=None, ge=0.0, le=1.0)
     n_items: int | None = Field(default=None, gt=0)
 
@@ -132,5 +132,5 @@ def staged_task(task: Task, stage: CurriculumStage) -> Task:
     kwargs = {k: task.metadata[k] for k in _KEPT if k in task.metadata}
     kwargs.update(stage.generator_kwargs())
     staged = generate_inventory(1, seed=zlib.crc32(task.id.encode()), **kwargs)[0]
-    size = f"{staged.metadata['n_chunks']}x{staged.metadata['chunk_size']}"
+    size = f"{staged.metadata['n_chunks']}x{staged.metadata['words_per_chunk']}"
     return staged.model_copy(update={"id": f"{task.id}@{size}", "metadata": {**staged.metadata, "source": task.id}})

@@ -57,7 +57,7 @@ class StateLMGRPOConfig(GRPOConfig):
     curriculum: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Inventory curriculum {stages: [{n_chunks, chunk_size}, ...], window, threshold}: inventory "
+            "help": "Inventory curriculum {stages: [{n_chunks, words_per_chunk}, ...], window, threshold}: inventory "
             "tasks are played at the current stage's sizes (pipeline/curriculum.py)."
         },
     )

@@ -29,7 +29,7 @@ class GeneratedTasks(_Strict):
     max_tokens: int = 8000
     n_needles: int = Field(default=1, description="niah only: needles per haystack.")
     n_chunks: int | None = Field(default=None, gt=0, description="inventory only: chunks per stream.")
-    chunk_size: int | None = Field(default=None, gt=0, description="inventory only: words per chunk.")
+    words_per_chunk: int | None = Field(default=None, gt=0, description="inventory only: words per chunk.")
     templates: Literal["classic", "train", "heldout"] = Field(
         default="classic",
         description="niah, multihop: phrasing family (pipeline/tasks/phrasing.py); train and heldout share none.",

@@ -60,7 +60,7 @@ def build_tasks(sources: list[GeneratedTasks | TaskFile], tokenizer: Any) -> lis
                 kwargs.update(n_needles=source.n_needles, n_distractors=source.n_distractors)
                 kwargs.update(source.model_dump(include={"key_shapes", "value_shapes"}, exclude_none=True))
             if source.generator == "inventory":  # unset fields keep the generator's defaults
-                kwargs.update(source.model_dump(include={"n_chunks", "chunk_size"}, exclude_none=True))
+                kwargs.update(source.model_dump(include={"n_chunks", "words_per_chunk"}, exclude_none=True))
             tasks += GENERATORS[source.generator](**kwargs)
         else:
             tasks += read_tasks(source.file)[: source.limit]

@@ -8,15 +8,15 @@ import pytest
 
 from pipeline.curriculum import Curriculum, CurriculumConfig
 
-STAGES = [{"n_chunks": 5, "chunk_size": 200}, {"n_chunks": 10, "chunk_size": 500}, {"n_chunks": 20, "chunk_size": 1000}]
+STAGES = [{"n_chunks": 5, "words_per_chunk": 200}, {"n_chunks": 10, "words_per_chunk": 500}, {"n_chunks": 20, "words_per_chunk": 1000}]
 
 
 def test_curriculum_needs_a_full_window_at_the_threshold_to_advance():
     curriculum = Curriculum(CurriculumConfig(stages=STAGES, window=4, threshold=0.75))
-    assert curriculum.stage.generator_kwargs() == {"n_chunks": 5, "chunk_size": 200}
+    assert curriculum.stage.generator_kwargs() == {"n_chunks": 5, "words_per_chunk": 200}
     assert [curriculum.update(True) for _ in range(3)] == [False] * 3  # 100%, but the window is not full yet
     assert curriculum.update(False) is True  # 3 of the last 4 reach 0.75
-    assert curriculum.stage.generator_kwargs() == {"n_chunks": 10, "chunk_size": 500}
+    assert curriculum.stage.generator_kwargs() == {"n_chunks": 10, "words_per_chunk": 500}
 
 
 def test_curriculum_threshold_window_and_resume():

@@ -33,7 +33,7 @@ def write_recipe(path: Path, model_dir: Path, out: Path, tasks: list[dict], **ex
 
 
 def test_scripted_expert_scores_100_percent_at_20_chunks_of_1000_words(tiny_model_dir, tmp_path):
-    tasks = [{"generator": "inventory", "n": 4, "n_chunks": 20, "chunk_size": 1000, "seed": 11}]
+    tasks = [{"generator": "inventory", "n": 4, "n_chunks": 20, "words_per_chunk": 1000, "seed": 11}]
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", tasks)
     result = CliRunner().invoke(app, ["collect", "--recipe", str(recipe), "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -44,7 +44,7 @@ def test_scripted_expert_scores_100_percent_at_20_chunks_of_1000_words(tiny_mode
     trajectories = list(iter_trajectories(tmp_path / "out" / "trajectories.jsonl"))
     for traj in trajectories:
         assert traj.env == "inventory" and traj.policy == "scripted"
-        assert traj.metadata["n_chunks"] == 20 and traj.metadata["chunk_size"] == 1000
+        assert traj.metadata["n_chunks"] == 20 and traj.metadata["words_per_chunk"] == 1000
         assert traj.metadata["state_accuracy"] == 1.0 and traj.metadata["episode_length"] == 20
         assert all(len(t.context) == 2 for t in traj.turns)  # system prompt + one user message, every turn
     from transformers import AutoTokenizer
@@ -54,7 +54,7 @@ def test_scripted_expert_scores_100_percent_at_20_chunks_of_1000_words(tiny_mode
 
 
 def test_random_hf_model_ends_every_episode_without_exceptions(tiny_model_dir, tmp_path):
-    tasks = [{"generator": "inventory", "n": 2, "n_chunks": 6, "chunk_size": 100}]
+    tasks = [{"generator": "inventory", "n": 2, "n_chunks": 6, "words_per_chunk": 100}]
     policy = {"kind": "hf", "model": str(tiny_model_dir), "temperature": 1.0, "max_tokens": 24}
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", tasks, policy=policy)
     result = CliRunner().invoke(app, ["collect", "--recipe", str(recipe), "--no-progress"])

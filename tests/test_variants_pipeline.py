@@ -124,7 +124,7 @@ def evaluate(tmp_path: Path, model: Path, tasks: list[dict], env: dict) -> dict:
 
 def test_inventory_collect_curate_sft_grpo_with_curriculum_and_eval(tiny_model_dir, tmp_path):
     env = {"kind": "inventory", "max_format_errors": 5}
-    tasks = [{"generator": "inventory", "n": 3, "n_chunks": 3, "chunk_size": 60, "seed": 0}]
+    tasks = [{"generator": "inventory", "n": 3, "n_chunks": 3, "words_per_chunk": 60, "seed": 0}]
     report = collect(tmp_path, tiny_model_dir, tasks, "scripted", env)
     assert report["end_states"] == {"finished": 3} and report["accuracy"] == 1.0
 
@@ -147,7 +147,7 @@ def test_inventory_collect_curate_sft_grpo_with_curriculum_and_eval(tiny_model_d
 
     # GRPO: threshold 0 moves one stage per step (2 episodes = the window). With 5 format errors allowed, every
     # episode plays every chunk whatever the model writes, so its rounds are the n_chunks of the stage it played.
-    stages = [{"n_chunks": 2, "chunk_size": 30}, {"n_chunks": 3, "chunk_size": 30}, {"n_chunks": 4, "chunk_size": 30}]
+    stages = [{"n_chunks": 2, "words_per_chunk": 30}, {"n_chunks": 3, "words_per_chunk": 30}, {"n_chunks": 4, "words_per_chunk": 30}]
     recipe = grpo_recipe(
         tmp_path, "inventory", model, tasks=[{"generator": "inventory", "n": 2, "seed": 10}],
         curriculum={"stages": stages, "window": 2, "threshold": 0.0},
@@ -169,7 +169,7 @@ def test_inventory_collect_curate_sft_grpo_with_curriculum_and_eval(tiny_model_d
     assert (last["step"], last["curriculum/stage"], last["episodes/rounds"]) == (3, 2, 4.0)
 
     # Eval: the expert carries every state; the (near-random) trained model is scored, not crashed
-    tasks = [{"generator": "inventory", "n": 2, "n_chunks": 2, "chunk_size": 40, "seed": 100}]
+    tasks = [{"generator": "inventory", "n": 2, "n_chunks": 2, "words_per_chunk": 40, "seed": 100}]
     report = evaluate(tmp_path, tiny_model_dir, tasks, env)
     expert, trained = report["systems"]["scripted_expert"], report["systems"]["trained"]
     assert expert["accuracy"] == 1.0 and expert["end_states"] == {"finished": 2}

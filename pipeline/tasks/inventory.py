@@ -1,6 +1,6 @@
 """Seeded Inventory streams (SPEC 2 "Variants", 3): noise words with `[GET item]` / `[DROP item]` commands.
 
-A stream is `n_chunks` chunks of `chunk_size` word slots. Each slot is a common word, or with
+A stream is `n_chunks` chunks of `words_per_chunk` word slots. Each slot is a common word, or with
 probability `command_density` a command over a small item vocabulary (fantasy items, drawn per task
 from `INVENTORY_ITEMS`, never a noise word). The inventory starts empty; GET adds an item, DROP removes
 it. GET names an item not held, DROP one that is held, unless `adversarial_drops` is set: then half of
@@ -50,7 +50,7 @@ def inventory_states(chunks: list[str]) -> list[list[str]]:
 def _stream(
     rng: np.random.Generator,
     n_chunks: int,
-    chunk_size: int,
+    words_per_chunk: int,
     command_density: float,
     vocabulary: list[str],
     adversarial_drops: bool,
@@ -60,8 +60,8 @@ def _stream(
     held: list[str] = []
     chunks, n_commands = [], 0
     for _ in range(n_chunks):
-        slots = noise[rng.integers(0, len(noise), size=chunk_size)].tolist()
-        is_command = rng.random(chunk_size) < command_density
+        slots = noise[rng.integers(0, len(noise), size=words_per_chunk)].tolist()
+        is_command = rng.random(words_per_chunk) < command_density
         for position in np.flatnonzero(is_command):
             free = [item for item in vocabulary if item not in held]
             if free and rng.random() < len(free) / len(vocabulary):
@@ -81,7 +81,7 @@ def _stream(
 def generate_inventory(
     n: int,
     n_chunks: int = 10,
-    chunk_size: int = 200,
+    words_per_chunk: int = 200,
     seed: int = 0,
     command_density: float = 0.01,
     n_items: int = 12,
@@ -93,12 +93,12 @@ def generate_inventory(
 ) -> list[Task]:
     """`n` Inventory tasks (kind `set`): documents are the chunks, the answer is the final item list.
 
-    Sizes are in words (`n_chunks` x `chunk_size`); `min_tokens`, `max_tokens` and `tokenizer` are
+    Sizes are in words (`n_chunks` x `words_per_chunk`); `min_tokens`, `max_tokens` and `tokenizer` are
     accepted so every generator takes the recipe's common arguments, and are not used. Task `i` depends
     only on (seed, i), so a larger `n` extends a task set without changing its first tasks.
     """
-    if n_chunks < 1 or chunk_size < 1:
-        raise ValueError(f"inventory: n_chunks ({n_chunks}) and chunk_size ({chunk_size}) must be at least 1")
+    if n_chunks < 1 or words_per_chunk < 1:
+        raise ValueError(f"inventory: n_chunks ({n_chunks}) and words_per_chunk ({words_per_chunk}) must be at least 1")
     if not 0.0 <= command_density <= 1.0:
         raise ValueError(f"inventory: command_density must be in [0, 1], got {command_density}")
     if not 1 <= n_items <= len(INVENTORY_ITEMS):
@@ -107,11 +107,11 @@ def generate_inventory(
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         vocabulary = [str(x) for x in rng.choice(INVENTORY_ITEMS, size=n_items, replace=False)]
-        chunks, n_commands = _stream(rng, n_chunks, chunk_size, command_density, vocabulary, adversarial_drops)
+        chunks, n_commands = _stream(rng, n_chunks, words_per_chunk, command_density, vocabulary, adversarial_drops)
         final = inventory_states(chunks)[-1]
         tasks.append(
             Task(
-                id=f"{prefix}-s{seed}-{n_chunks}x{chunk_size}-{i:05d}",
+                id=f"{prefix}-s{seed}-{n_chunks}x{words_per_chunk}-{i:05d}",
                 kind="set",
                 question=QUESTION,
                 documents=chunks,
@@ -120,7 +120,7 @@ def generate_inventory(
                     "generator": "inventory",
                     "seed": seed,
                     "n_chunks": n_chunks,
-                    "chunk_size": chunk_size,
+                    "words_per_chunk": words_per_chunk,
                     "command_density": command_density,
                     "n_items": n_items,
                     "adversarial_drops": adversarial_drops,

@@ -45,7 +45,7 @@ def expert_play(env: InventoryEnv) -> InventoryEnv:
 
 
 def test_streams_are_seeded_sized_in_words_and_drop_only_held_items():
-    kwargs = {"n_chunks": 5, "chunk_size": 300, "command_density": 0.05, "n_items": 8}
+    kwargs = {"n_chunks": 5, "words_per_chunk": 300, "command_density": 0.05, "n_items": 8}
     tasks = generate_inventory(6, seed=3, **kwargs)
     assert [t.model_dump() for t in tasks] == [t.model_dump() for t in generate_inventory(6, seed=3, **kwargs)]
     assert tasks[2].model_dump() == generate_inventory(3, seed=3, **kwargs)[2].model_dump()  # task i: (seed, i) only
@@ -66,15 +66,15 @@ def test_streams_are_seeded_sized_in_words_and_drop_only_held_items():
         assert sorted(held) == task.answer == sorted(inventory_states(task.documents)[-1])
         noise = [w for chunk in task.documents for w in COMMAND.sub(" ", chunk).split()]
         assert set(noise) <= set(NOISE_WORDS) and not set(noise) & set(INVENTORY_ITEMS)
-        assert {k: task.metadata[k] for k in ("n_chunks", "chunk_size", "n_items")} == {
+        assert {k: task.metadata[k] for k in ("n_chunks", "words_per_chunk", "n_items")} == {
             "n_chunks": 5,
-            "chunk_size": 300,
+            "words_per_chunk": 300,
             "n_items": 8,
         }
 
 
 def test_adversarial_drops_name_items_not_held_and_change_nothing():
-    task = generate_inventory(1, n_chunks=4, chunk_size=500, seed=1, command_density=0.05, adversarial_drops=True)[0]
+    task = generate_inventory(1, n_chunks=4, words_per_chunk=500, seed=1, command_density=0.05, adversarial_drops=True)[0]
     held, unheld_drops = set(), 0
     for verb, item in (c for chunk in task.documents for c in COMMAND.findall(chunk)):
         if verb == "DROP" and item not in held:
@@ -87,8 +87,8 @@ def test_adversarial_drops_name_items_not_held_and_change_nothing():
 def test_bad_generator_arguments_are_named():
     with pytest.raises(ValueError, match="n_items"):
         generate_inventory(1, n_items=len(INVENTORY_ITEMS) + 1)
-    with pytest.raises(ValueError, match="chunk_size"):
-        generate_inventory(1, chunk_size=0)
+    with pytest.raises(ValueError, match="words_per_chunk"):
+        generate_inventory(1, words_per_chunk=0)
 
 
 # ---------------------------------------------------------------- answer format
@@ -149,7 +149,7 @@ def test_turn_contexts_rebuild_every_prompt_and_make_one_segment_per_turn(tokeni
 
 
 def test_expert_episode_is_finished_correct_with_full_reward_and_state_accuracy(tokenizer):
-    task = generate_inventory(1, n_chunks=6, chunk_size=200, seed=5, command_density=0.05)[0]
+    task = generate_inventory(1, n_chunks=6, words_per_chunk=200, seed=5, command_density=0.05)[0]
     env = expert_play(InventoryEnv.from_task(task, tokenizer, InventoryConfig()))
     correct = grade(task, env.answer)
     traj = env.trajectory("ep", task.id, "scripted", 0, correct, metadata={"task_kind": "set"})
@@ -216,7 +216,7 @@ def test_budgets_end_the_episode_as_over_budget_or_max_rounds(tokenizer):
 def test_the_registry_builds_the_inventory_env_from_a_recipe_section(tokenizer):
     config = env_config({"kind": "inventory", "max_format_errors": 2})
     assert isinstance(config, InventoryConfig) and config.max_format_errors == 2
-    task = generate_inventory(1, n_chunks=2, chunk_size=50)[0]
+    task = generate_inventory(1, n_chunks=2, words_per_chunk=50)[0]
     env = make_env(task, tokenizer, config)
     assert isinstance(env, InventoryEnv) and env.chunks == task.documents
     with pytest.raises(ValueError, match="extra"):
