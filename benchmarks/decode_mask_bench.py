@@ -25,6 +25,7 @@ def random_cache(model, batch: int, context: int, room: int, seed: int) -> Dynam
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, heads, context + room, dim)
     cache = DynamicCache()
+
     def buffer() -> torch.Tensor:
         return torch.randn(shape, generator=generator).to(model.dtype)
 

@@ -1,6 +1,6 @@
 """Episode play time of a local HF student: prefix-cached batched rounds vs HF `generate` per turn (the path before).
 
-Both play the same held-out NIAH episodes greedily in the same environment through `pipeline.rollout.collect`:
+Both play the same held-out NIAH episodes greedily in the same environment through `pipeline.play.rollout.collect`:
 - before: `prefix_cache: false`, every turn re-encodes the whole context (`model.generate`), episodes one by one;
 - after: `prefix_cache: true`, lockstep rounds over all episodes, each turn computes only what follows the longest
   cached token prefix, and decodes every live episode in one batch.
@@ -22,8 +22,8 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.env.pensieve import EnvConfig
+from pipeline.play.rollout import collect, iter_trajectories, plan_episodes
 from pipeline.policies.hf import HFPolicy
-from pipeline.rollout import collect, iter_trajectories, plan_episodes
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade
 

@@ -10,7 +10,7 @@ the demo's profile sets, read from it). The last lines read
 `tokens per episode: snapshots <s> segments <g> shared-prefix <p>` (means over every episode played) and, per
 length, the SFT epoch-time ratio of shared-prefix rows to segment rows.
 Plays the scripted expert in the real environment (budgets counted with the model's tokenizer), cuts each
-episode both ways with pipeline/segments.py, and prints the figures. Builds the tiny model first if the
+episode both ways with pipeline/data/segments.py, and prints the figures. Builds the tiny model first if the
 folder is missing. Asserts nothing.
 
 SFT time: for each haystack length, the first `--sft-episodes` episodes of each of the `--sft-needles` needle
@@ -19,7 +19,7 @@ them all) make one episode set, cut both ways into rows (`Segment.to_row`, as cu
 set is saved with `Dataset.save_to_disk` and trained by the trainer pipeline/sft.py builds (`build_trainer`
 with recipes/tiny/sft.yaml: TRL's SFTTrainer, completion_only_loss on our completion_mask, AdamW, clipping,
 the recipe's schedule) on `--model`, batch size 1 per row and no gradient accumulation, so one
-optimizer step per row; no checkpoints. Shared-prefix rows (`shared_prefix: true`, pipeline/shared_prefix.py)
+optimizer step per row; no checkpoints. Shared-prefix rows (`shared_prefix: true`, pipeline/data/shared_prefix.py)
 pack each episode's segments under one prefix within `--max-length` tokens: one row (one optimizer step) per
 episode where segment rows take one per segment, for the same trained tokens and the same gradient.
 After `--warmup` steps each, the trainers alternate one-epoch `trainer.train()` runs (`--repeats` times, so
@@ -50,19 +50,17 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer, PrinterCallback
 
+from pipeline.data.segments import Segment, segment_trajectory, snapshot_trajectory
+from pipeline.data.shared_prefix import pack_episode
 from pipeline.env.pensieve import EnvConfig
+from pipeline.play.rollout import Episode, play_episode
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.rollout import Episode, play_episode
-from pipeline.segments import Segment, segment_trajectory, snapshot_trajectory
-from pipeline.shared_prefix import pack_episode
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade
 from pipeline.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_RECIPE = ROOT / "recipes/tiny/sft.yaml"
-
-
 
 
 def sft_trainer(model: str, rows: list[dict[str, Any]], work: Path, max_length: int, extra: list[str]):

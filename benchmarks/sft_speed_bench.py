@@ -26,9 +26,9 @@ import torch
 from clock import StepClock  # benchmarks/clock.py (scripts run from this folder)
 from transformers import AutoTokenizer, PrinterCallback
 
+from pipeline.data.segments import segment_trajectory
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.segments import segment_trajectory
 from pipeline.tasks.generators import generate_niah
 
 SFT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml"

@@ -24,7 +24,7 @@ import torch
 from torch.profiler import profile
 from transformers import AutoModelForCausalLM
 
-from pipeline.shared_prefix_attention import NAME, TREE
+from pipeline.training.shared_prefix_attention import NAME, TREE
 
 ATTENTION_OPS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward")
 

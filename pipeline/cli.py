@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from pipeline.errors import DEBUG_ENV, EXIT_USAGE, StateLMError, debug_requested, explain
+from pipeline.settings.errors import DEBUG_ENV, EXIT_USAGE, StateLMError, debug_requested, explain
 
 
 class _CleanErrors(TyperGroup):
-    """Every sub-command's error becomes one short paragraph on stderr and a non-zero exit (pipeline/errors.py);
-    `--debug` or STATELM_DEBUG=1 lets the exception (and its traceback) through instead."""
+    """Every sub-command's error becomes one short paragraph on stderr and a non-zero exit
+    (pipeline/settings/errors.py); `--debug` or STATELM_DEBUG=1 lets the exception (and its traceback) through
+    instead."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -119,7 +120,7 @@ def tasks_generate(
     distractors: Annotated[int, typer.Option(help="niah: needles with near-identical keys.")] = 0,
 ) -> None:
     """Generate seeded synthetic tasks (NIAH single/multi needle, multi-hop)."""
-    from pipeline.task_sources import load_tokenizer
+    from pipeline.data.task_sources import load_tokenizer
     from pipeline.tasks.generators import GENERATORS
     from pipeline.tasks.schema import write_tasks
 
@@ -177,16 +178,16 @@ def tasks_convert(
     console.print(f"wrote {len(loaded)} tasks to [bold]{out}[/bold] (skipped {loaded.skipped} invalid records)")
 
 
-# Every stage: `statelm <stage> --config recipe.yaml [--key value ...]` (pipeline/config.py); its own parser reads
-# the command line, so --help lists the recipe's fields and the overrides are validated with the recipe.
+# Every stage: `statelm <stage> --config recipe.yaml [--key value ...]` (pipeline/settings/config.py); its own
+# parser reads the command line, so --help lists the recipe's fields and the overrides are validated with the recipe.
 STAGE = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 STAGE_USAGE = "usage: statelm {stage} --config RECIPE.yaml [--key value] [--section.key value] [--no-progress]"
 
 
 def _stage_overrides(ctx: typer.Context, stage: str, model: Any) -> tuple[str, dict[str, Any], bool]:
     """(recipe path, dotted overrides, progress) of a pydantic stage's command line; --help prints every field."""
-    from pipeline.config import help_text, parse_overrides
     from pipeline.env.pensieve import EnvConfig
+    from pipeline.settings.config import help_text, parse_overrides
 
     config, overrides, rest = parse_overrides(list(ctx.args))
     if overrides.pop("help", None) or "-h" in rest:
@@ -213,10 +214,10 @@ def _trl_args(ctx: typer.Context, stage: str) -> list[str]:
 @app.command("collect", context_settings=STAGE)
 def collect_cmd(ctx: typer.Context) -> None:
     """Play teacher episodes in the environment; resumable, one JSONL line per finished episode."""
-    from pipeline.cli_reports import print_collect
     from pipeline.collect import failure_problem, run_collect
-    from pipeline.config import load_recipe
-    from pipeline.recipe import CollectRecipe
+    from pipeline.reports.cli_reports import print_collect
+    from pipeline.settings.config import load_recipe
+    from pipeline.settings.recipe import CollectRecipe
 
     config, overrides, progress = _stage_overrides(ctx, "collect", CollectRecipe)
     loaded = load_recipe(CollectRecipe, config, overrides)
@@ -230,8 +231,8 @@ def collect_cmd(ctx: typer.Context) -> None:
 @app.command("curate", context_settings=STAGE)
 def curate_cmd(ctx: typer.Context) -> None:
     """Reject sampling, action-type balancing and segmenting: trajectories -> SFT dataset + report.json."""
-    from pipeline.cli_reports import print_curate
     from pipeline.curate import CurateRecipe, load_curate_recipe, run_curate
+    from pipeline.reports.cli_reports import print_curate
 
     config, overrides, progress = _stage_overrides(ctx, "curate", CurateRecipe)
     if "input" in overrides:  # `--input a.jsonl [--input b.jsonl]`: the inputs of this run
@@ -244,10 +245,10 @@ def curate_cmd(ctx: typer.Context) -> None:
 def eval_cmd(ctx: typer.Context) -> None:
     """Evaluate models (and baselines) on tasks: report.json, report.md, sawtooth and accuracy plots.
     `--model <folder>` evaluates that HF model (greedy) instead of the recipe's models."""
-    from pipeline.cli_reports import print_eval
-    from pipeline.config import load_recipe
     from pipeline.evaluate import run_eval
-    from pipeline.recipe import EvalRecipe
+    from pipeline.reports.cli_reports import print_eval
+    from pipeline.settings.config import load_recipe
+    from pipeline.settings.recipe import EvalRecipe
 
     config, overrides, progress = _stage_overrides(ctx, "eval", EvalRecipe)
     model = overrides.pop("model", None)
@@ -262,9 +263,9 @@ def sft_cmd(ctx: typer.Context) -> None:
     """SFT on curated segments in one process; resumes from the last checkpoint. Flags set any field of the recipe
     (ours, TRL's SFTConfig and ModelConfig; --help lists them); several processes: the same recipe and flags
     under `accelerate launch -m pipeline.sft --config <recipe>`."""
-    from pipeline.cli_reports import print_sft
+    from pipeline.reports.cli_reports import print_sft
+    from pipeline.settings.trl_recipe import parse_recipe
     from pipeline.sft import main, make_parser
-    from pipeline.trl_recipe import parse_recipe
 
     script_args, training_args, model_args = parse_recipe(make_parser(), _trl_args(ctx, "sft"))
     print_sft(console, main(script_args, training_args, model_args), training_args.output_dir)
@@ -275,9 +276,9 @@ def grpo_cmd(ctx: typer.Context) -> None:
     """GRPO on whole episodes in one process; resumes from the last checkpoint. Flags set any field of the recipe
     (`--beta 0`, `--environment.max_rounds 20`; --help lists them); several processes: the same recipe and flags
     under `accelerate launch -m pipeline.grpo --config <recipe>`."""
-    from pipeline.cli_reports import print_grpo
     from pipeline.grpo import main, make_parser
-    from pipeline.trl_recipe import parse_recipe
+    from pipeline.reports.cli_reports import print_grpo
+    from pipeline.settings.trl_recipe import parse_recipe
 
     script_args, training_args, model_args = parse_recipe(make_parser(), _trl_args(ctx, "grpo"))
     print_grpo(console, main(script_args, training_args, model_args), training_args.output_dir)

@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EXIT_EPISODES_FAILED, StateLMError
+from pipeline.data.task_sources import build_tasks, load_tokenizer, make_grader
+from pipeline.play.rollout import collect, iter_trajectories, plan_episodes, summarize
 from pipeline.policies.factory import make_policy
-from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
-from pipeline.recipe import CollectRecipe
-from pipeline.rollout import collect, iter_trajectories, plan_episodes, summarize
-from pipeline.task_sources import build_tasks, load_tokenizer, make_grader
+from pipeline.settings.errors import EXIT_EPISODES_FAILED, StateLMError
+from pipeline.settings.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
+from pipeline.settings.recipe import CollectRecipe
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Two passes over the trajectory files, so memory holds one episode at a time: the
 filters every episode and balances the action types of the kept turns; the second cuts the kept
 episodes into segments and streams the rows to an Arrow file. Corrupt or schema-violating lines are
 skipped with file:line and reason, and counted. The dataset replaces the old one only once complete,
-and `<output_dir>/report.json` holds the figures. The recipe is pipeline/curate_recipe.py.
+and `<output_dir>/report.json` holds the figures. The recipe is pipeline/settings/curate_recipe.py.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.balance import balance_turns, distribution
-from pipeline.curate_recipe import CurateRecipe, FilterConfig, load_curate_recipe
-from pipeline.preflight import check_hub_push, check_model_path
-from pipeline.rollout import iter_trajectories
-from pipeline.segments import SegmentError, check_trajectory, segment_trajectory
-from pipeline.trajectory import Trajectory
+from pipeline.data.balance import balance_turns, distribution
+from pipeline.data.segments import SegmentError, check_trajectory, segment_trajectory
+from pipeline.data.trajectory import Trajectory
+from pipeline.play.rollout import iter_trajectories
+from pipeline.settings.curate_recipe import CurateRecipe, FilterConfig, load_curate_recipe
+from pipeline.settings.preflight import check_hub_push, check_model_path
 
 logger = logging.getLogger(__name__)
 __all__ = ["CurateRecipe", "load_curate_recipe", "report_tables", "run_curate"]

@@ -4,8 +4,8 @@ Stages: tiny model -> tasks (training and held-out) -> scripted-teacher collecti
 evaluation of the untrained, SFT and GRPO models beside the scripted expert and the no-tools baseline. The held-out
 tasks come from generator seeds never used for training, and the demo checks that no held-out question was seen.
 Every stage runs through the recipes and entry points a user runs by hand: its recipes are YAML files in
-`recipes/demo/` (read by pipeline.demo_recipes), and the demo writes them, paths filled in, to `<out>/recipes/`,
-so any stage can be re-run alone (`statelm sft --config <out>/recipes/sft.yaml`). Stages resume
+`recipes/demo/` (read by pipeline.settings.demo_recipes), and the demo writes them, paths filled in, to
+`<out>/recipes/`, so any stage can be re-run alone (`statelm sft --config <out>/recipes/sft.yaml`). Stages resume
 like their commands do: a re-run reuses the model, skips collected episodes and finished training.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from rich.console import Console
 
-from pipeline.demo_recipes import PROFILES, DemoProfile, fill_paths, write_recipes
-from pipeline.demo_report import SAMPLED, SYSTEMS, print_summary, summarize, write_summary
+from pipeline.reports.demo_report import SAMPLED, SYSTEMS, print_summary, summarize, write_summary
+from pipeline.settings.demo_recipes import PROFILES, DemoProfile, fill_paths, write_recipes
 
 STAGES = ("base model", "tasks", "collect", "curate", "sft", "grpo", "eval")
 __all__ = ["PROFILES", "SAMPLED", "STAGES", "SYSTEMS", "DemoProfile", "run_demo", "write_recipes"]
@@ -28,7 +28,7 @@ __all__ = ["PROFILES", "SAMPLED", "STAGES", "SYSTEMS", "DemoProfile", "run_demo"
 def make_tasks(out: Path, profile: DemoProfile) -> dict[str, Any]:
     """Training tasks (seed 0, training phrasings), GRPO tasks (seed 200, distractor needles) and held-out tasks
     (seeds 100, 101, held-out phrasings), lengths counted with the student's tokenizer."""
-    from pipeline.task_sources import load_tokenizer
+    from pipeline.data.task_sources import load_tokenizer
     from pipeline.tasks.generators import generate_niah
     from pipeline.tasks.schema import read_tasks, write_tasks
 

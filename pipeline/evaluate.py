@@ -21,19 +21,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pipeline.data.task_sources import build_tasks, load_tokenizer, make_grader
+from pipeline.data.trajectory import Trajectory
 from pipeline.env.registry import eval_figures
-from pipeline.errors import PreflightError
-from pipeline.imitation import imitation_figures
-from pipeline.plots import accuracy_by_length_plot, sawtooth_plot
+from pipeline.play.imitation import imitation_figures
+from pipeline.play.rollout import Episode, collect, iter_trajectories, plan_episodes, summarize
 from pipeline.policies.base import as_action
 from pipeline.policies.factory import make_policy
 from pipeline.policies.hf import HFPolicy
-from pipeline.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
-from pipeline.recipe import EvalRecipe, PolicySpec
-from pipeline.rollout import Episode, collect, iter_trajectories, plan_episodes, summarize
-from pipeline.task_sources import build_tasks, load_tokenizer, make_grader
+from pipeline.reports.plots import accuracy_by_length_plot, sawtooth_plot
+from pipeline.settings.errors import PreflightError
+from pipeline.settings.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files
+from pipeline.settings.recipe import EvalRecipe, PolicySpec
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 
 The YAML sets fields of three dataclasses (ours, our StateLMGRPOConfig which extends TRL's GRPOConfig, and
 TRL's ModelConfig); CLI flags override it. The episode loop, segments and snapshot sampling are in
-pipeline/grpo_trainer.py. A rerun with the same output_dir resumes from the last complete checkpoint, and does
+pipeline/training/grpo_trainer.py. A rerun with the same output_dir resumes from the last complete checkpoint, and does
 nothing if the run already finished.
 """
 
@@ -24,12 +24,12 @@ import transformers
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from pipeline import checkpoints
-from pipeline.grpo_config import StateLMGRPOConfig
-from pipeline.grpo_trainer import StateLMGRPOTrainer, tasks_dataset
-from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
-from pipeline.preflight import check_training
-from pipeline.task_sources import build_tasks, parse_task_sources
+from pipeline.data.task_sources import build_tasks, parse_task_sources
+from pipeline.settings.preflight import check_training
+from pipeline.training import checkpoints
+from pipeline.training.grpo_config import StateLMGRPOConfig
+from pipeline.training.grpo_trainer import StateLMGRPOTrainer, tasks_dataset
+from pipeline.training.model_utils import get_tokenizer, model_init_kwargs, training_method
 
 logger = logging.getLogger(__name__)
 # Per-step figures copied from the log history into report.json
@@ -52,7 +52,7 @@ class GRPOScriptArguments(ScriptArguments):
     )
     trainable_layers: int | None = field(
         default=None,
-        metadata={"help": "Train only the top N decoder layers and the final norm (pipeline/freezing.py)."},
+        metadata={"help": "Train only the top N decoder layers and the final norm (pipeline/training/freezing.py)."},
     )
 
 
@@ -148,13 +148,13 @@ def build_trainer(
 
 
 def _run_from_command_line() -> None:
-    from pipeline.trl_recipe import parse_recipe
+    from pipeline.settings.trl_recipe import parse_recipe
 
     script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
     main(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":
-    from pipeline.errors import exit_cleanly
+    from pipeline.settings.errors import exit_cleanly
 
     exit_cleanly(_run_from_command_line)

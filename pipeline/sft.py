@@ -23,12 +23,9 @@ import transformers
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from pipeline import checkpoints
-from pipeline.model_utils import get_tokenizer, model_init_kwargs, training_method
-from pipeline.preflight import check_training
-from pipeline.sft_data import describe, load_sft_dataset
-from pipeline.shared_prefix import shared_prefix_dataset
-from pipeline.shared_prefix_collator import (
+from pipeline.data.sft_data import describe, load_sft_dataset
+from pipeline.data.shared_prefix import shared_prefix_dataset
+from pipeline.data.shared_prefix_collator import (
     NUM_TOKENS,
     SHARED_PREFIX_COLUMNS,
     SharedPrefixCollator,
@@ -37,6 +34,9 @@ from pipeline.shared_prefix_collator import (
     mask_format,
     shared_prefix_fallback,
 )
+from pipeline.settings.preflight import check_training
+from pipeline.training import checkpoints
+from pipeline.training.model_utils import get_tokenizer, model_init_kwargs, training_method
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ class SFTScriptArguments(ScriptArguments):
         default=False,
         metadata={
             "help": "Pack the segments of each episode into shared-prefix rows: their common prefix (system prompt, "
-            "tool schemas, ...) once, then each segment's rest, under a 4D attention mask (pipeline/shared_prefix.py). "
+            "tool schemas, ...) once, then each segment's rest, under a 4D attention mask "
+            "(pipeline/data/shared_prefix.py). "
             "Same loss and gradients, fewer tokens; needs attn_implementation sdpa or eager. Default: one row per "
             "segment."
         },
@@ -64,7 +65,7 @@ class SFTScriptArguments(ScriptArguments):
         default=None,
         metadata={
             "help": "Train only the top N decoder layers and the final norm (embeddings and lower layers frozen): "
-            "a CPU speed lever for small students (pipeline/freezing.py). Default: every parameter."
+            "a CPU speed lever for small students (pipeline/training/freezing.py). Default: every parameter."
         },
     )
 
@@ -118,7 +119,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     set_seed(training_args.seed)
     # Our messages at INFO on the main process; the libraries at the recipe's log_level (default: warnings)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    for name in (__name__, "pipeline.checkpoints", "pipeline.model_utils"):
+    for name in (__name__, "pipeline.training.checkpoints", "pipeline.training.model_utils"):
         logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
@@ -238,13 +239,13 @@ def shared_prefix_setup(
 
 
 def _run_from_command_line() -> None:
-    from pipeline.trl_recipe import parse_recipe
+    from pipeline.settings.trl_recipe import parse_recipe
 
     script_args, training_args, model_args = parse_recipe(make_parser(), sys.argv[1:])
     main(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":
-    from pipeline.errors import exit_cleanly
+    from pipeline.settings.errors import exit_cleanly
 
     exit_cleanly(_run_from_command_line)

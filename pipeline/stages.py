@@ -14,7 +14,7 @@ from typing import Any
 
 def _collect(recipe: Path) -> dict[str, Any]:
     from pipeline.collect import run_collect
-    from pipeline.recipe import load_collect_recipe
+    from pipeline.settings.recipe import load_collect_recipe
 
     return run_collect(load_collect_recipe(recipe, {}))
 
@@ -29,7 +29,7 @@ def _trl(module: str) -> Callable[[Path], dict[str, Any]]:
     """SFT or GRPO, parsed from the recipe exactly as `accelerate launch -m <module>` would."""
 
     def run(recipe: Path) -> dict[str, Any]:
-        from pipeline.trl_recipe import parse_recipe
+        from pipeline.settings.trl_recipe import parse_recipe
 
         stage = importlib.import_module(module)
         return stage.main(*parse_recipe(stage.make_parser(), ["--config", str(recipe)]))
@@ -38,9 +38,9 @@ def _trl(module: str) -> Callable[[Path], dict[str, Any]]:
 
 
 def _eval(recipe: Path) -> dict[str, Any]:
-    from pipeline.config import load_recipe
     from pipeline.evaluate import run_eval
-    from pipeline.recipe import EvalRecipe
+    from pipeline.settings.config import load_recipe
+    from pipeline.settings.recipe import EvalRecipe
 
     return run_eval(load_recipe(EvalRecipe, recipe, {}))
 

@@ -1,4 +1,4 @@
-"""The command line as users meet it (pipeline/cli.py, pipeline/errors.py, pipeline/preflight.py): every bad
+"""The command line as users meet it (pipeline/cli.py, pipeline/settings/errors.py and preflight.py): every bad
 input gives a short error naming the file and field, a non-zero exit, no traceback, and loses nothing written."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
-from pipeline.errors import EXIT_EPISODES_FAILED
+from pipeline.settings.errors import EXIT_EPISODES_FAILED
 
 ROOT = Path(__file__).resolve().parents[1]
 NIAH = {"generator": "niah", "n": 2, "min_tokens": 600, "max_tokens": 900, "seed": 0}

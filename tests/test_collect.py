@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.rollout import iter_trajectories, scan_existing
+from pipeline.play.rollout import iter_trajectories, scan_existing
 
 
 def write_recipe(path: Path, model_dir: Path, out: Path, tasks: list[dict], **extra) -> Path:
@@ -132,8 +132,8 @@ def test_random_hf_model_plays_without_crashing_and_ends_malformed(tiny_model_di
 
 
 def test_recipe_phrasing_options_reach_the_generators_and_the_cli(tmp_path):
-    from pipeline.recipe import GeneratedTasks
-    from pipeline.task_sources import build_tasks
+    from pipeline.data.task_sources import build_tasks
+    from pipeline.settings.recipe import GeneratedTasks
     from pipeline.tasks.schema import read_tasks
 
     source = {"generator": "niah", "n": 3, "min_tokens": 200, "max_tokens": 300, "seed": 1}

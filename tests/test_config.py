@@ -1,4 +1,4 @@
-"""One override syntax for every stage (pipeline/config.py): flags, nested keys, the shared env file, --help."""
+"""One override syntax for every stage (pipeline/settings/config.py): flags, nested keys, shared env file, --help."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import load_recipe, parse_overrides
 from pipeline.curate import load_curate_recipe
-from pipeline.errors import RecipeError
-from pipeline.recipe import CollectRecipe, EvalRecipe
+from pipeline.settings.config import load_recipe, parse_overrides
+from pipeline.settings.errors import RecipeError
+from pipeline.settings.recipe import CollectRecipe, EvalRecipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "recipes/tiny/teacher.yaml"

@@ -1,4 +1,4 @@
-"""Curation (pipeline/curate.py, pipeline/balance.py, `statelm curate`): reject sampling with counted reasons,
+"""Curation (pipeline/curate.py, pipeline/data/balance.py, `statelm curate`): reject sampling with counted reasons,
 corrupt lines skipped with file:line, action-type balancing, and a dataset the SFT stage accepts."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.balance import balance_turns, keep_counts
 from pipeline.cli import app
 from pipeline.collect import run_collect
 from pipeline.curate import CurateRecipe, load_curate_recipe, run_curate
-from pipeline.recipe import CollectRecipe
-from pipeline.rollout import iter_trajectories
-from pipeline.trajectory import Trajectory
+from pipeline.data.balance import balance_turns, keep_counts
+from pipeline.data.trajectory import Trajectory
+from pipeline.play.rollout import iter_trajectories
+from pipeline.settings.recipe import CollectRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,8 +215,8 @@ def test_balancing_masks_turns_in_the_dataset_but_keeps_them_in_context(collecte
 
 
 def test_statelm_curate_end_to_end(collected, tiny_model_dir, tmp_path):
+    from pipeline.data.sft_data import load_sft_dataset
     from pipeline.sft import build_trainer, make_parser
-    from pipeline.sft_data import load_sft_dataset
 
     recipe = yaml.safe_load((ROOT / "recipes/tiny/curate.yaml").read_text())
     recipe_path = tmp_path / "curate.yaml"

@@ -1,4 +1,4 @@
-"""The GRPO curriculum (pipeline/curriculum.py): a stage advances on a full window at the threshold, and resumes."""
+"""The GRPO curriculum (pipeline/data/curriculum.py): a stage advances on a full window at threshold, and resumes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import json
 
 import pytest
 
-from pipeline.curriculum import Curriculum, CurriculumConfig
+from pipeline.data.curriculum import Curriculum, CurriculumConfig
 
-STAGES = [{"n_chunks": 5, "words_per_chunk": 200}, {"n_chunks": 10, "words_per_chunk": 500}, {"n_chunks": 20, "words_per_chunk": 1000}]
+STAGES = [
+    {"n_chunks": 5, "words_per_chunk": 200},
+    {"n_chunks": 10, "words_per_chunk": 500},
+    {"n_chunks": 20, "words_per_chunk": 1000},
+]
 
 
 def test_curriculum_needs_a_full_window_at_the_threshold_to_advance():

@@ -1,4 +1,4 @@
-"""The one episode loop (pipeline/episodes.py): both schedules build the same records through the same turn and
+"""The one episode loop (pipeline/play/episodes.py): both schedules build the same records through the same turn and
 finish, a batched round keeps the policy's sampled ids on the turns, and collective rounds run on every process
 until none has a live episode."""
 
@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from pipeline.env.pensieve import EnvConfig
-from pipeline.episodes import Episode, PlaySettings, plan_episodes, play_concurrently, play_in_rounds
+from pipeline.play.episodes import Episode, PlaySettings, plan_episodes, play_concurrently, play_in_rounds
 from pipeline.policies.base import Action, as_action
 from pipeline.policies.scripted import ScriptedExpert
 from pipeline.tasks.generators import generate_multihop, generate_niah
@@ -25,8 +25,9 @@ def tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def episodes(tokenizer) -> list[Episode]:
-    tasks = generate_niah(2, 1000, 2000, seed=3, tokenizer=tokenizer) + generate_multihop(1, 2000, 3000, seed=4,
-                                                                                          tokenizer=tokenizer)
+    tasks = generate_niah(2, 1000, 2000, seed=3, tokenizer=tokenizer) + generate_multihop(
+        1, 2000, 3000, seed=4, tokenizer=tokenizer
+    )
     return plan_episodes(tasks, 2, seed=0)  # fmt: skip
 
 

@@ -11,12 +11,12 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.data.task_sources import load_tokenizer
 from pipeline.env.pensieve import EnvConfig
 from pipeline.evaluate import length_bucket
-from pipeline.imitation import imitation_figures
+from pipeline.play.imitation import imitation_figures
+from pipeline.play.rollout import plan_episodes, play_episode
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.rollout import plan_episodes, play_episode
-from pipeline.task_sources import load_tokenizer
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade
 

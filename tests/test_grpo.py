@@ -21,19 +21,19 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.advantages import group_advantages
 from pipeline.cli import app
+from pipeline.data.segments import segment_trajectory
+from pipeline.data.snapshots import episode_rng, sample_segments
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.env.rubric import DEFAULT_REWARD_WEIGHTS
 from pipeline.grpo import build_trainer, make_parser
-from pipeline.grpo_rows import episode_rows, segment_row
-from pipeline.grpo_trainer import PlayedEpisode
+from pipeline.play.rollout import plan_episodes, play_episode
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
-from pipeline.rollout import plan_episodes, play_episode
-from pipeline.segments import segment_trajectory
-from pipeline.snapshots import episode_rng, sample_segments
 from pipeline.tasks.generators import generate_multihop, generate_niah
 from pipeline.tasks.graders import grade
+from pipeline.training.advantages import group_advantages
+from pipeline.training.grpo_rows import episode_rows, segment_row
+from pipeline.training.grpo_trainer import PlayedEpisode
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -330,8 +330,13 @@ def assert_same_weights(trained: Path, base: Path) -> None:
 
 def launch(cmd: list[str], log: Path, kill_when: Path | None = None) -> int:
     """Run the command; with kill_when, SIGKILL it and all its processes as soon as that file exists."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1",
-           "PYTHONFAULTHANDLER": "1"}  # a crash shows its Python stack
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "PYTHONFAULTHANDLER": "1",
+    }  # a crash shows its Python stack
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         while kill_when is not None and proc.poll() is None:

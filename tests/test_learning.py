@@ -10,10 +10,10 @@ import datasets
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
+from pipeline.data.segments import segment_trajectory
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
-from pipeline.imitation import imitation_figures
+from pipeline.play.imitation import imitation_figures
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.segments import segment_trajectory
 from pipeline.tasks.generators import generate_niah
 
 pytestmark = pytest.mark.slow  # ~2 minutes: 12 SFT steps on a 135M-parameter model

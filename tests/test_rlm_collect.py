@@ -9,8 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.recipe import load_collect_recipe
-from pipeline.rollout import iter_trajectories
+from pipeline.play.rollout import iter_trajectories
+from pipeline.settings.recipe import load_collect_recipe
 
 RLM_ENV = {
     "kind": "rlm",

@@ -1,4 +1,4 @@
-"""Segments (pipeline/segments.py): a segment trains exactly what its per-turn snapshots train, for fewer
+"""Segments (pipeline/data/segments.py): a segment trains exactly what its per-turn snapshots train, for fewer
 tokens; masks cover exactly the assistant tokens; edits and template drift (checked on tokens) cut segments."""
 
 from __future__ import annotations
@@ -10,11 +10,7 @@ import pytest
 import torch
 
 from pipeline.collect import run_collect
-from pipeline.env.parsing import format_assistant_text
-from pipeline.env.pensieve import EnvConfig, PensieveEnv
-from pipeline.recipe import CollectRecipe
-from pipeline.rollout import iter_trajectories
-from pipeline.segments import (
+from pipeline.data.segments import (
     Segment,
     SegmentError,
     end_of_turn,
@@ -23,7 +19,11 @@ from pipeline.segments import (
     segment_trajectory,
     snapshot_trajectory,
 )
-from pipeline.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.data.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.env.parsing import format_assistant_text
+from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.play.rollout import iter_trajectories
+from pipeline.settings.recipe import CollectRecipe
 
 # ------------------------------------------------------------------------------------------------
 # Fixtures: the tiny model, scripted trajectories from the real env, and hand-driven episodes
@@ -372,15 +372,15 @@ def split_ids(tokenizer, text: str) -> list[int]:
         for cut in range(1, len(piece)):
             left, right = tokenizer.convert_tokens_to_ids([piece[:cut], piece[cut:]])
             if tokenizer.unk_token_id not in (left, right) and None not in (left, right):
-                return [*ids[:position], left, right, *ids[position + 1:]]
+                return [*ids[:position], left, right, *ids[position + 1 :]]
     raise AssertionError(f"no token of {text!r} splits into two tokens")
 
 
 def sampled_episode(tokenizer, sampled: list[list[int]]) -> Trajectory:
     """Play sampled ids in the real environment as a local policy would: the text is their decode."""
+    from pipeline.play.rollout import record_action
     from pipeline.policies.base import Action
     from pipeline.policies.hf import decode_assistant, dropped_ids
-    from pipeline.rollout import record_action
 
     document = " ".join(f"Sentence {i} says the code of item{i} is {1000 + i}." for i in range(120))
     env = PensieveEnv("What is the code of item42?", document, tokenizer, EnvConfig())
@@ -393,7 +393,7 @@ def sampled_episode(tokenizer, sampled: list[list[int]]) -> Trajectory:
 
 
 def test_sampled_ids_are_trained_even_when_reencoding_changes_them(tokenizer):
-    from pipeline.segments import reencode_differs
+    from pipeline.data.segments import reencode_differs
 
     eos = tokenizer.eos_token_id
     first = [*split_ids(tokenizer, call("checkBudget")), eos]  # stopped at the EOS
@@ -411,9 +411,9 @@ def test_sampled_ids_are_trained_even_when_reencoding_changes_them(tokenizer):
     for turn, sampled, after in zip(traj.turns, [first, plain, cut], [tail_ids, tail_ids, eot_ids], strict=True):
         tokens = render_turn(tokenizer, traj, turn, sampled_ids=True)
         assert tokens.completion_ids == sampled + after and tokens.n_trained == len(sampled)
-        assert tokens.prompt_ids == tokenizer(render_prompt(tokenizer, traj, turn), add_special_tokens=False)[
-            "input_ids"
-        ], "the prompt is still the template's rendering: what the policy was given"
+        assert (
+            tokens.prompt_ids == tokenizer(render_prompt(tokenizer, traj, turn), add_special_tokens=False)["input_ids"]
+        ), "the prompt is still the template's rendering: what the policy was given"
     # Rendering the text instead trains other ids for the first turn (the split token comes back merged)
     assert render_turn(tokenizer, traj, traj.turns[0]).completion_ids[: len(first)] != first
 
@@ -425,4 +425,3 @@ def test_sampled_ids_are_trained_even_when_reencoding_changes_them(tokenizer):
             assert segment.input_ids[lo:hi] == traj.turns[turn].token_ids
         trained = [i for i, m in enumerate(segment.completion_mask) if m]
         assert trained == [i for lo, hi in segment.spans for i in range(lo, hi)], "mask: exactly the sampled ids"
-

@@ -16,9 +16,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from pipeline.checkpoints import last_complete_checkpoint
+from pipeline.data.sft_data import SFTDataError, load_sft_dataset
 from pipeline.sft import build_trainer, make_parser
-from pipeline.sft_data import SFTDataError, load_sft_dataset
+from pipeline.training.checkpoints import last_complete_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")

@@ -1,4 +1,4 @@
-"""Shared-prefix rows (pipeline/shared_prefix.py, pipeline/shared_prefix_collator.py, pipeline/sft.py): an
+"""Shared-prefix rows (pipeline/data/shared_prefix.py, pipeline/data/shared_prefix_collator.py, pipeline/sft.py): an
 episode's segments packed under one prefix train exactly what the separate segment rows train (TRL's loss and
 every gradient, to 1e-5), for fewer tokens; rows fit max_length; backends without a 4D mask fall back to one
 row per segment."""
@@ -11,18 +11,18 @@ import pytest
 import torch
 from datasets import Dataset
 
-from pipeline.segments import segment_trajectory
-from pipeline.sft import build_trainer, make_parser
-from pipeline.sft_data import SFTDataError
-from pipeline.shared_prefix import common_prefix_length, pack_episode, pack_rows
-from pipeline.shared_prefix_attention import NAME, TREE
-from pipeline.shared_prefix_collator import (
+from pipeline.data.segments import segment_trajectory
+from pipeline.data.sft_data import SFTDataError
+from pipeline.data.shared_prefix import common_prefix_length, pack_episode, pack_rows
+from pipeline.data.shared_prefix_collator import (
     NUM_TOKENS,
     SharedPrefixCollator,
     SharedPrefixError,
     shared_prefix_fallback,
     tree_mask,
 )
+from pipeline.sft import build_trainer, make_parser
+from pipeline.training.shared_prefix_attention import NAME, TREE
 from tests.test_segments import collect_scripted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def one_step_gradients(trainer) -> tuple[float, dict[str, torch.Tensor], int]:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_shared_prefix_rows_train_what_segment_rows_train(attention, tiny_model_dir, segment_rows, tmp_path):
-    """sdpa: the tree attention (pipeline/shared_prefix_attention.py, no mask); eager: the dense additive 4D mask."""
+    """sdpa: the tree attention (training/shared_prefix_attention.py, no mask); eager: the dense additive 4D mask."""
     flags = ["--attn_implementation", attention]
     segments, segments_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "a", *flags)
     packed, packed_report = trainer_for(tiny_model_dir, segment_rows, tmp_path / "b", "--shared_prefix", "true", *flags)

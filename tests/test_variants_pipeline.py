@@ -21,11 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline import grpo, sft
 from pipeline.collect import run_collect
 from pipeline.curate import load_curate_recipe, run_curate
-from pipeline.curriculum import CurriculumConfig
+from pipeline.data.curriculum import CurriculumConfig
+from pipeline.data.trajectory import END_STATES
 from pipeline.env.registry import env_config
 from pipeline.evaluate import run_eval
-from pipeline.recipe import EvalRecipe, GeneratedTasks, TaskFile, load_collect_recipe, load_recipe
-from pipeline.trajectory import END_STATES
+from pipeline.settings.recipe import EvalRecipe, GeneratedTasks, TaskFile, load_collect_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -147,7 +147,11 @@ def test_inventory_collect_curate_sft_grpo_with_curriculum_and_eval(tiny_model_d
 
     # GRPO: threshold 0 moves one stage per step (2 episodes = the window). With 5 format errors allowed, every
     # episode plays every chunk whatever the model writes, so its rounds are the n_chunks of the stage it played.
-    stages = [{"n_chunks": 2, "words_per_chunk": 30}, {"n_chunks": 3, "words_per_chunk": 30}, {"n_chunks": 4, "words_per_chunk": 30}]
+    stages = [
+        {"n_chunks": 2, "words_per_chunk": 30},
+        {"n_chunks": 3, "words_per_chunk": 30},
+        {"n_chunks": 4, "words_per_chunk": 30},
+    ]
     recipe = grpo_recipe(
         tmp_path, "inventory", model, tasks=[{"generator": "inventory", "n": 2, "seed": 10}],
         curriculum={"stages": stages, "window": 2, "threshold": 0.0},

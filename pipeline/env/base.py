@@ -1,11 +1,11 @@
 """What every environment shares (SPEC 2): the bookkeeping of an episode, so each one supplies only its turns.
 
-`pipeline/rollout.py` drives any `BaseEnv` (`name`, `tools`, `done`, `end_state`, `answer`, `messages()`,
+`pipeline/play/rollout.py` drives any `BaseEnv` (`name`, `tools`, `done`, `end_state`, `answer`, `messages()`,
 `step(raw_text)`, `trajectory(...)`), so a new environment plugs into collect, curate, GRPO and eval by
 producing the same trajectory records. `BaseEnv` does the bookkeeping once: the message table (every
 message version stored once) and the live context (table rows), rendering and token counts in the
 student's tokenizer, message ids, the format-error and budget end states, the turn records, the
-trajectory record, and the environment's rubric (its named reward components, pipeline/rewards.py) and
+trajectory record, and the environment's rubric (its named reward components, pipeline/env/rubric.py) and
 evaluation figures. A subclass writes `step` (its turn logic, ending with `_record_turn`) and its tools;
 it may override `_over_budget`, `episode_metadata`, `recorded_input_tokens` and `eval_figures`, and set
 `rubric` to add reward components of its own.
@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.rewards import DEFAULT_RUBRIC, Rubric
+from pipeline.data.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.env.rubric import DEFAULT_RUBRIC, Rubric
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import MessageRecord, Trajectory, Turn
 
 
 @dataclass

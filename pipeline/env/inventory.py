@@ -6,7 +6,7 @@ user message holding its own previous output (its reasoning block removed) and c
 answers with its updated state, ending in the line `Inventory: [item, item]`; after the last chunk that
 line is the final answer. Then the context is wiped: the next turn starts again from the system prompt.
 
-Message table and turns follow the Pensieve contracts (pipeline/trajectory.py): every user and
+Message table and turns follow the Pensieve contracts (pipeline/data/trajectory.py): every user and
 assistant message is stored once, `turn.context` is [system, that turn's user message], and every turn
 that is followed by a wipe is marked `edited`, so the segmenter makes one segment per turn.
 
@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.data.trajectory import MessageRecord, Trajectory
 from pipeline.env.base import BaseEnv, StepResult
 from pipeline.tasks.graders import grade_set
 from pipeline.tasks.inventory import inventory_states
 from pipeline.tasks.schema import DOCUMENT_SEPARATOR, Task
-from pipeline.trajectory import MessageRecord, Trajectory
 
 SYSTEM_PROMPT = """You keep an inventory while a long stream of text is shown to you one chunk at a time.
 The stream is mostly noise. Only the commands change the inventory: [GET item] adds the item, [DROP item]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from pipeline.data.trajectory import MessageRecord
 from pipeline.env import prompts
 from pipeline.env.base import BaseEnv, StepResult
 from pipeline.env.dense import DenseIndex, DenseUnavailable, estimated_passages, reciprocal_rank_fusion
@@ -22,7 +23,6 @@ from pipeline.env.notebook import Notebook
 from pipeline.env.parsing import ToolCall, parse_tool_calls
 from pipeline.env.tools import tool_schemas, validate_arguments
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import MessageRecord
 
 
 class EnvConfig(BaseModel):

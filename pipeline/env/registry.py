@@ -12,12 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.data.trajectory import Trajectory
 from pipeline.env.base import BaseEnv
 from pipeline.env.inventory import InventoryConfig, InventoryEnv
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.env.rlm import RLMConfig, RLMEnv
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import Trajectory
 
 ENVIRONMENTS: dict[str, tuple[type[BaseModel], type[BaseEnv]]] = {
     "pensieve": (EnvConfig, PensieveEnv),

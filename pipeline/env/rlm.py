@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.data.trajectory import MessageRecord, Trajectory
 from pipeline.env.base import BaseEnv, StepResult
 from pipeline.env.sandbox import BlockOutcome, Sandbox, SandboxConfig
 from pipeline.env.sub_model import SubCallResult, SubModelRunner
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import MessageRecord, Trajectory
 
 SYSTEM_PROMPT = """You answer a question about a long input that is NOT in your context. The input is stored in a \
 Python REPL as the string variable `context`. Work by writing Python code in ```python blocks: the REPL runs the \

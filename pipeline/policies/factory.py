@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.env.sub_model import SubModelRunner
 from pipeline.policies.base import Policy
-from pipeline.recipe import PolicySpec
+from pipeline.settings.recipe import PolicySpec
 
 _SUB_POLICIES: dict[str, SubModelRunner] = {}
 _SUB_POLICIES_LOCK = threading.Lock()

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from pipeline.data.segments import segment_trajectory
 from pipeline.env.inventory import (
     SYSTEM_PROMPT,
     InventoryConfig,
@@ -17,7 +18,6 @@ from pipeline.env.inventory import (
 )
 from pipeline.env.registry import env_config, make_env
 from pipeline.policies.inventory_expert import InventoryExpert, ScriptedExperts
-from pipeline.segments import segment_trajectory
 from pipeline.tasks.generators import GENERATORS
 from pipeline.tasks.graders import grade
 from pipeline.tasks.inventory import COMMAND, NOISE_WORDS, apply_commands, generate_inventory, inventory_states
@@ -74,7 +74,9 @@ def test_streams_are_seeded_sized_in_words_and_drop_only_held_items():
 
 
 def test_adversarial_drops_name_items_not_held_and_change_nothing():
-    task = generate_inventory(1, n_chunks=4, words_per_chunk=500, seed=1, command_density=0.05, adversarial_drops=True)[0]
+    task = generate_inventory(1, n_chunks=4, words_per_chunk=500, seed=1, command_density=0.05, adversarial_drops=True)[
+        0
+    ]
     held, unheld_drops = set(), 0
     for verb, item in (c for chunk in task.documents for c in COMMAND.findall(chunk)):
         if verb == "DROP" and item not in held:

@@ -12,7 +12,7 @@ from pipeline.env.rlm import RLMConfig, RLMEnv, extract_code_blocks
 from pipeline.env.sandbox import SandboxConfig
 from pipeline.policies.factory import sub_policy_for
 from pipeline.policies.rlm_expert import ScriptedRLMExpert, answer_sub_prompt
-from pipeline.recipe import env_section
+from pipeline.settings.recipe import env_section
 from pipeline.tasks.aggregation import generate_aggregation
 from pipeline.tasks.generators import GENERATORS
 from pipeline.tasks.graders import grade

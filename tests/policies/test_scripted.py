@@ -8,17 +8,17 @@ import asyncio
 
 import pytest
 
+from pipeline.data.trajectory import Trajectory
 from pipeline.env.pensieve import EnvConfig
+from pipeline.play.rollout import Episode, play_episode
 from pipeline.policies.base import Action
 from pipeline.policies.factory import make_policy
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.recipe import PolicySpec
-from pipeline.rollout import Episode, play_episode
+from pipeline.settings.recipe import PolicySpec
 from pipeline.tasks.generators import generate_multihop, generate_niah
 from pipeline.tasks.graders import grade
 from pipeline.tasks.phrasing import KEY_SHAPES
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import Trajectory
 
 
 @pytest.fixture(scope="module")

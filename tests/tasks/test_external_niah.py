@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.env.pensieve import EnvConfig
+from pipeline.play.rollout import Episode, play_episode
 from pipeline.policies.scripted import ScriptedExpert
-from pipeline.rollout import Episode, play_episode
 from pipeline.tasks.graders import grade
 from pipeline.tasks.phrasing import HOP1, HOP2, HOP_QUESTIONS, NEEDLES, QUESTIONS, SET_QUESTIONS
 from pipeline.tasks.schema import read_tasks

@@ -1,4 +1,4 @@
-"""Batches of shared-prefix rows (pipeline/shared_prefix.py): a 4D attention mask and position ids per row.
+"""Batches of shared-prefix rows (pipeline/data/shared_prefix.py): a 4D attention mask and position ids per row.
 
 TRL's SFTTrainer collator knows causal rows and padding-free packing (independent sequences), not a tree, so
 shared-prefix rows come with this collator. It reads what TRL's dataset preparation leaves (`input_ids`,
@@ -7,7 +7,7 @@ shared-prefix rows come with this collator. It reads what TRL's dataset preparat
 - `input_ids`, `labels` (padded with -100), `position_ids` (the prefix 0..p-1, each segment p, p+1, ...);
 - the tree itself, in one of three forms (`mask_format`):
   - `tree` (sdpa): the kwarg `shared_prefix_tree`, one (prefix_length, segment_lengths, length) per row, read by
-    pipeline/shared_prefix_attention.py, which runs sdpa's causal kernel per branch: no dense mask, attention
+    pipeline/training/shared_prefix_attention.py, which runs sdpa's causal kernel per branch: no dense mask, attention
     costs what separate rows cost;
   - `bool` / `additive`: `attention_mask` of shape (batch, 1, n, n): query i may read key j when j <= i and j
     is in the prefix or in i's own segment; padding reads only itself (a row with nothing to read gives NaN)
@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 import torch
 
-from pipeline.shared_prefix_attention import NAME, TREE
+from pipeline.training.shared_prefix_attention import NAME, TREE
 
 MaskFormat = Literal["tree", "bool", "additive"]
-# What each attention implementation reads: sdpa rows go to pipeline/shared_prefix_attention.py (no dense mask)
+# What each attention implementation reads: sdpa rows go to pipeline/training/shared_prefix_attention.py (no dense mask)
 MASK_FORMATS: dict[str, MaskFormat] = {"sdpa": "tree", "eager": "additive"}
 LOADED_AS = {"sdpa": NAME, "eager": "eager"}  # the attn_implementation the model is loaded with
 SHARED_PREFIX_COLUMNS = ("prefix_length", "segment_lengths")  # dataset columns the collator reads besides TRL's

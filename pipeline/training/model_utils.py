@@ -10,7 +10,7 @@ from typing import Any
 from transformers import AutoTokenizer
 from trl import ModelConfig
 
-from pipeline.freezing import freeze_all_but_top_layers
+from pipeline.training.freezing import freeze_all_but_top_layers
 
 logger = logging.getLogger(__name__)
 

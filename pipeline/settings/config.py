@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import RecipeError
+from pipeline.settings.errors import RecipeError
 
 ENVIRONMENT = "environment"
 
@@ -149,7 +149,7 @@ def _type_name(annotation: Any) -> str:
         return " | ".join(str(choice) for choice in get_args(annotation))
     if isinstance(annotation, type):
         return annotation.__name__
-    return str(annotation).replace("typing.", "").replace("pipeline.recipe.", "")
+    return str(annotation).replace("typing.", "").replace("pipeline.settings.recipe.", "")
 
 
 def _is_model(annotation: Any) -> bool:

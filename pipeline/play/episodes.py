@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.data.trajectory import Trajectory
 from pipeline.env.registry import make_env
 from pipeline.policies.base import Action, Message, Policy, as_action
 from pipeline.policies.factory import sub_policy_for
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import Trajectory
 
 Grader = Callable[[Task, str | None], bool]
 RoundGenerator = Callable[

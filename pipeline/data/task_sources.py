@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.errors import RecipeError
-from pipeline.preflight import check_task_files
-from pipeline.recipe import GeneratedTasks, JudgeSpec, TaskFile
+from pipeline.settings.errors import RecipeError
+from pipeline.settings.preflight import check_task_files
+from pipeline.settings.recipe import GeneratedTasks, JudgeSpec, TaskFile
 from pipeline.tasks.generators import GENERATORS
 from pipeline.tasks.graders import grade
 from pipeline.tasks.schema import Task, read_tasks

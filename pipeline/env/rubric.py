@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pipeline.data.trajectory import Trajectory
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import Trajectory
 
 RewardFn = Callable[[Trajectory, Task | None], float]  # (episode, task or None) -> value
 

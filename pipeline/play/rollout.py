@@ -1,6 +1,6 @@
 """Play episodes and append them to a trajectory file, resumably (SPEC 4).
 
-Episodes are played by the one episode loop (`pipeline/episodes.py`): concurrently for a policy that answers one
+Episodes are played by the one episode loop (`pipeline/play/episodes.py`): concurrently for a policy that answers one
 context at a time (an API, a script), in lockstep batched rounds for one that generates in batches (a local
 model). Each finished episode is appended as one JSONL line at once, so a killed collection loses at most the
 episodes in flight; on restart, episode ids already in the file are skipped and a truncated last line is cut
@@ -21,12 +21,12 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from pipeline.episodes import Episode as Episode
-from pipeline.episodes import Grader, PlaySettings, play_concurrently, play_in_rounds, play_one
-from pipeline.episodes import plan_episodes as plan_episodes
-from pipeline.episodes import record_action as record_action
+from pipeline.data.trajectory import Trajectory
+from pipeline.play.episodes import Episode as Episode
+from pipeline.play.episodes import Grader, PlaySettings, play_concurrently, play_in_rounds, play_one
+from pipeline.play.episodes import plan_episodes as plan_episodes
+from pipeline.play.episodes import record_action as record_action
 from pipeline.policies.base import Policy
-from pipeline.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ async def play_episode(
     grader: Grader,
     weights: dict[str, float] | None = None,
 ) -> Trajectory:
-    """Run one episode to its end state and grade it (`pipeline.episodes.play_one`)."""
+    """Run one episode to its end state and grade it (`pipeline.play.episodes.play_one`)."""
     return await play_one(episode, policy, PlaySettings(tokenizer, config, grader, weights, policy.name))
 
 

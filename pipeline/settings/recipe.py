@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.config import load_recipe
 from pipeline.env.pensieve import EnvConfig
 from pipeline.env.registry import env_config
-from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
+from pipeline.env.rubric import DEFAULT_REWARD_WEIGHTS
+from pipeline.settings.config import load_recipe
 
 
 class _Strict(BaseModel):

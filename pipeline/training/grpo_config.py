@@ -1,6 +1,6 @@
 """The GRPO stage's configuration: TRL's GRPOConfig plus the episode settings (open-r1's `configs.py` pattern).
 
-Kept apart from the trainer (pipeline/grpo_trainer.py) so a recipe is parsed and checked, environment, rubric
+Kept apart from the trainer (pipeline/training/grpo_trainer.py) so a recipe is parsed and checked, environment, rubric
 weights and curriculum included, before any model or trainer code runs.
 """
 
@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 from trl import GRPOConfig
 
-from pipeline.advantages import ADVANTAGE_TYPES
-from pipeline.curriculum import CurriculumConfig
+from pipeline.data.curriculum import CurriculumConfig
 from pipeline.env.registry import env_class, env_config
-from pipeline.rewards import DEFAULT_REWARD_WEIGHTS
+from pipeline.env.rubric import DEFAULT_REWARD_WEIGHTS
+from pipeline.training.advantages import ADVANTAGE_TYPES
 
 LOSS_TYPES = ("grpo", "dr_grpo")  # TRL losses whose normalisation the per-episode weights are built for
 
@@ -45,7 +45,9 @@ class StateLMGRPOConfig(GRPOConfig):
     )
     rewards: dict | str | None = field(
         default=None,
-        metadata={"help": f"Weight of each reward component (pipeline/rewards.py); default {DEFAULT_REWARD_WEIGHTS}."},
+        metadata={
+            "help": f"Weight of each reward component (pipeline/env/rubric.py); default {DEFAULT_REWARD_WEIGHTS}."
+        },
     )
     environment: dict | str | None = field(
         default=None,
@@ -58,7 +60,7 @@ class StateLMGRPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Inventory curriculum {stages: [{n_chunks, words_per_chunk}, ...], window, threshold}: inventory "
-            "tasks are played at the current stage's sizes (pipeline/curriculum.py)."
+            "tasks are played at the current stage's sizes (pipeline/data/curriculum.py)."
         },
     )
     prefix_cache: bool = field(

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 
-from pipeline.trajectory import Trajectory
+from pipeline.data.trajectory import Trajectory
 
 
 def sawtooth_plot(trajectories: list[Trajectory], path: str | Path, title: str, budget: int | None = None) -> Path:

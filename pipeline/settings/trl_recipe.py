@@ -4,7 +4,7 @@
 file: ['--learnin_rate', ...]" and a wrong type "argument --max_steps: invalid int value: 'lots'"
 after an 84-line usage, neither saying which file. `parse_recipe` keeps TRL's parsing (our configs
 extend TRL's) and re-raises both as `RecipeError` with the file, the key and a close match. It also reads
-the recipe's `environment` block the way every stage does (pipeline/config.py): a shared env file by path, and
+the recipe's `environment` block the way every stage does (pipeline/settings/config.py): a shared env file by path, and
 `--environment.<field> value` overrides; GRPO's per-turn cap and chat-template kwargs come from it.
 """
 
@@ -17,8 +17,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import ENVIRONMENT, apply_overrides, help_text, load_yaml, parse_overrides
-from pipeline.errors import RecipeError
+from pipeline.settings.config import ENVIRONMENT, apply_overrides, help_text, load_yaml, parse_overrides
+from pipeline.settings.errors import RecipeError
 
 ALIASES = {"--recipe": "--config", "--model": "--model_name_or_path", "--dataset": "--dataset_path"}
 # Set once in the environment (shared with collect, curate and eval), never beside it in a GRPO recipe

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.trajectory import Trajectory, Turn
+from pipeline.data.trajectory import Trajectory, Turn
 
 BreakReason = Literal["start", "edit", "drift", "max_turns", "max_tokens"]
 _PROBE = "STATELM_END_OF_TURN_PROBE"

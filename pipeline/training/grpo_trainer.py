@@ -4,35 +4,35 @@ TRL owns the model, optimizer, DeepSpeed/FSDP, checkpoints, the clipped-ratio lo
 reference model, vLLM (server and colocate, weight sync) and HF generation. This subclass replaces what one
 row means: in TRL a row is one completion of one prompt; here the dataset rows are tasks, each played as
 `G` episodes (multi-turn, with context edits) and each episode becomes up to `max_segments_per_episode`
-training rows (segments, `pipeline/segments.py`), every one carrying its episode's advantage.
+training rows (segments, `pipeline/data/segments.py`), every one carrying its episode's advantage.
 
 One generation (every `steps_per_generation` micro-steps):
 
-1. play (`pipeline/grpo_generation.py`, through the one episode loop `pipeline/episodes.py`): all local
+1. play (`pipeline/training/grpo_generation.py`, through the one episode loop `pipeline/play/episodes.py`): all local
    episodes advance in rounds; a round renders every live context, generates one assistant message each
    (batched: the prefix-cached generator, TRL's `_generate_single_turn`, i.e. HF `generate` under
    `unwrap_model_for_generation`, or vLLM colocate; vLLM server through TRL's client), and steps the
    environments. Budgets and end states are the environment's (`max_completion_length` is the per-turn cap).
 2. score: each episode's reward is its record's, scored once by its environment's rubric with the recipe's
-   weights (`pipeline/rewards.py`); rewards and components (TRL reward functions, for the logs) are gathered
-   across processes; group advantages (`pipeline/advantages.py`).
+   weights (`pipeline/env/rubric.py`); rewards and components (TRL reward functions, for the logs) are gathered
+   across processes; group advantages (`pipeline/training/advantages.py`).
 3. cut and sample: segments of each episode, at most `max_segments_per_episode` picked
-   (`pipeline/snapshots.py`), weights 1/k per episode.
-4. rows (`pipeline/grpo_rows.py`): token-in/token-out, every assistant turn's trained tokens are the ids it
+   (`pipeline/data/snapshots.py`), weights 1/k per episode.
+4. rows (`pipeline/training/grpo_rows.py`): token-in/token-out, every assistant turn's trained tokens are the ids it
    sampled (each with its sampling logprob under vLLM), never a re-encoding of its text; the share of turns
    whose re-encoding would have differed is logged as `reencode_mismatch_share`. A segment's tokens split at
    its first trained token into TRL's prompt / completion, with
    `tool_mask` = the segment's assistant mask, so TRL's loss sees assistant tokens only. The per-row weight
    is folded into the advantage (the clipped surrogate is positively homogeneous in it).
 
-Curriculum (optional, `curriculum:` in the recipe, pipeline/curriculum.py): Inventory tasks are played at the
+Curriculum (optional, `curriculum:` in the recipe, pipeline/data/curriculum.py): Inventory tasks are played at the
 current stage's sizes, every episode's grade (gathered over processes, so all agree) updates the rolling success
 rate, the stage is logged as `curriculum/stage`, and each checkpoint holds `curriculum.json`, from which a resumed
 run continues at the same stage.
 
-Shapes (`pipeline/grpo_chunks.py`). Every process trains `E_local * max_segments_per_episode` rows per generation
-in fixed chunks of `per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's collectives see
-equal shapes.
+Shapes (`pipeline/training/grpo_chunks.py`). Every process trains `E_local * max_segments_per_episode` rows per
+generation in fixed chunks of `per_device_train_batch_size` rows (`steps_per_generation` chunks), so TRL's
+collectives see equal shapes.
 Episodes with fewer segments leave empty rows: one-token rows with an all-zero mask that cost almost
 nothing; real rows go first, longest first, so padding inside a chunk is small.
 """
@@ -52,19 +52,19 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from pipeline.advantages import group_advantages
-from pipeline.curriculum import Curriculum, CurriculumConfig, staged_task
+from pipeline.data.curriculum import Curriculum, CurriculumConfig, staged_task
+from pipeline.data.task_sources import make_grader
 from pipeline.env.registry import env_class, env_config
-from pipeline.grpo_chunks import RowChunks
-from pipeline.grpo_config import StateLMGRPOConfig
-from pipeline.grpo_generation import EpisodeGeneration, PlayedEpisode
-from pipeline.grpo_metrics import GenerationMetrics
-from pipeline.grpo_rows import episode_rows
 from pipeline.policies.hf import dropped_ids
 from pipeline.policies.prefix_cache import PrefixCachingGenerator
-from pipeline.recipe import JudgeSpec
-from pipeline.task_sources import make_grader
+from pipeline.settings.recipe import JudgeSpec
 from pipeline.tasks.schema import Task
+from pipeline.training.advantages import group_advantages
+from pipeline.training.grpo_chunks import RowChunks
+from pipeline.training.grpo_config import StateLMGRPOConfig
+from pipeline.training.grpo_generation import EpisodeGeneration, PlayedEpisode
+from pipeline.training.grpo_metrics import GenerationMetrics
+from pipeline.training.grpo_rows import episode_rows
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class StateLMGRPOTrainer(EpisodeGeneration, RowChunks, GenerationMetrics, GRPOTr
     # -- curriculum: saved in every checkpoint, restored on resume --------------------------------------------
     def _save_checkpoint(self, model, trial):
         """Write curriculum.json before TRL's save, which writes trainer_state.json last: a checkpoint counted as
-        complete (pipeline.checkpoints.last_complete_checkpoint) always has the curriculum of its step."""
+        complete (pipeline.training.checkpoints.last_complete_checkpoint) always has the curriculum of its step."""
         if self.curriculum is not None and self.args.should_save:
             step = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = os.path.join(self._get_output_dir(trial=trial), step)

@@ -1,6 +1,6 @@
 """Shared-prefix rows: the segments of one episode packed into one training row (an attention tree).
 
-Why. Every context edit starts a segment (pipeline/segments.py), yet all segments of an episode begin with
+Why. Every context edit starts a segment (pipeline/data/segments.py), yet all segments of an episode begin with
 the same tokens: the system prompt, the tool schemas and the opening of the task message (on the SmolLM2 demo
 ~850 of a ~1,700-token row). Training the segments as separate rows computes that prefix once per segment.
 A shared-prefix row holds it once and then each segment's remaining tokens:
@@ -13,7 +13,7 @@ p, p+1, ... as in its own row). A causal model then computes, for every token of
 hidden states of segment k's own row, so the loss on each trained token is the same and so is the loss TRL
 trains (a sum over trained tokens divided by their count, `num_items_in_batch`), for fewer tokens.
 
-The contract (a packed row, as `pack_episode` returns it and pipeline/shared_prefix_collator.py reads it):
+The contract (a packed row, as `pack_episode` returns it and pipeline/data/shared_prefix_collator.py reads it):
 - `input_ids`, `completion_mask`: the prefix, then each segment's tokens after it; the mask is each
   segment's own mask on its tokens (the prefix never holds a trained token).
 - `prefix_length` (int) and `segment_lengths` (list[int]): the tree. A row with no segments is an ordinary

@@ -7,7 +7,7 @@ lucky episode never advances, and the new stage is judged on its own episodes). 
 for good; a threshold of 0 makes a fixed schedule (next stage every `window` episodes). `state_dict()` /
 `load_state_dict()` carry the position across a resumed GRPO run.
 
-GRPO (pipeline/grpo_trainer.py) plays every Inventory task of its recipe at the current stage's sizes
+GRPO (pipeline/training/grpo_trainer.py) plays every Inventory task of its recipe at the current stage's sizes
 (`staged_task`) and calls `update` with each episode's grade.
 """
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.config import load_recipe
 from pipeline.env.pensieve import EnvConfig
-from pipeline.recipe import env_section
+from pipeline.settings.config import load_recipe
+from pipeline.settings.recipe import env_section
 
 
 class _Strict(BaseModel):
@@ -33,7 +33,7 @@ class FilterConfig(_Strict):
 
 
 class SegmentConfig(_Strict):
-    """How kept episodes become rows (pipeline/segments.py); the chat template gets environment.enable_thinking."""
+    """How kept episodes become rows (pipeline/data/segments.py); the chat template gets environment.enable_thinking."""
 
     max_turns_per_segment: int | None = Field(default=None, gt=0, description="1 gives per-turn snapshots.")
     max_tokens_per_segment: int | None = Field(
@@ -45,7 +45,7 @@ class SegmentConfig(_Strict):
 
 
 class BalanceConfig(_Strict):
-    """Action-type balancing (pipeline/balance.py): caps on each type's share of the trained turns."""
+    """Action-type balancing (pipeline/data/balance.py): caps on each type's share of the trained turns."""
 
     max_share: float = Field(default=1.0, ge=0.0, le=1.0, description="Cap for every type without its own.")
     max_share_by_type: dict[str, float] = Field(

@@ -15,7 +15,7 @@ import torch
 from accelerate.utils import gather, gather_object
 from trl.trainer.utils import nanstd
 
-from pipeline.trajectory import END_STATES
+from pipeline.data.trajectory import END_STATES
 
 
 class GenerationMetrics:

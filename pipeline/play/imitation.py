@@ -2,7 +2,7 @@
 
 Playing an episode compounds errors: one wrong keyword and every later turn sees a context the model never
 trained on. The per-turn figure separates what was learned from that cascade: the expert's own episode is
-rendered exactly as SFT rows are (`pipeline.segments`), the model reads it, and a turn counts as imitated
+rendered exactly as SFT rows are (`pipeline.data.segments`), the model reads it, and a turn counts as imitated
 when the greedy (argmax) choice at every trained token of that turn is the expert's token. Reported per
 action type, so "learned the loop but not the copying" shows up as high figures for analyzeText/buildIndex
 and low ones for searchEngine/note/finish, whose arguments are copied from the context.
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from pipeline.segments import segment_trajectory
-from pipeline.trajectory import Trajectory
+from pipeline.data.segments import segment_trajectory
+from pipeline.data.trajectory import Trajectory
 
 
 @torch.no_grad()

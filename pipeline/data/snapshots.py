@@ -1,6 +1,6 @@
 """Snapshot sampling for GRPO (SPEC 6): which segments of an episode are trained, and with what weight.
 
-An episode is cut into segments by `pipeline/segments.py` (the same cut SFT curation uses). Training
+An episode is cut into segments by `pipeline/data/segments.py` (the same cut SFT curation uses). Training
 every segment of every episode would let long episodes (many edits, many segments) dominate the
 update, so at most `cap` segments are trained per episode, picked in this order:
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ENVIRONMENT, load_yaml
+from pipeline.settings.config import ENVIRONMENT, load_yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPES = REPO / "recipes" / "demo"
 STAGE_RECIPES = ("teacher", "curate", "sft", "grpo", "eval")
 

@@ -13,9 +13,9 @@ import logging
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from pipeline.segments import Segment, SegmentError, reencode_differs, segment_trajectory
-from pipeline.snapshots import episode_rng, sample_segments
-from pipeline.trajectory import Trajectory
+from pipeline.data.segments import Segment, SegmentError, reencode_differs, segment_trajectory
+from pipeline.data.snapshots import episode_rng, sample_segments
+from pipeline.data.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""GRPO's generation (SPEC 6): the local episodes played through the one episode loop (pipeline/episodes.py).
+"""GRPO's generation (SPEC 6): the local episodes played through the one episode loop (pipeline/play/episodes.py).
 
 A round renders every live context and generates one assistant message each through TRL's backends: the
 prefix-cached generator (`prefix_cache`, HF models: one unwrapped model, ZeRO-3 gathered once per generation),
@@ -22,12 +22,12 @@ from accelerate.utils import broadcast_object_list, gather, gather_object
 from tqdm.auto import tqdm
 from trl.models import unwrap_model_for_generation
 
-from pipeline.episodes import Episode, PlaySettings, play_in_rounds
+from pipeline.data.trajectory import Trajectory
+from pipeline.play.episodes import Episode, PlaySettings, play_in_rounds
 from pipeline.policies.base import Action
 from pipeline.policies.hf import decode_assistant
 from pipeline.policies.prefix_cache import PrefixCachingGenerator, SamplingSettings
 from pipeline.tasks.schema import Task
-from pipeline.trajectory import Trajectory
 
 
 @dataclass
@@ -43,7 +43,7 @@ class EpisodeGeneration:
     _generator: PrefixCachingGenerator | None = None  # set while a generation plays (prefix_cache)
 
     def _play(self, tasks: list[Task], episode_ids: list[str]) -> list[PlayedEpisode]:
-        """All local episodes through the one episode loop (pipeline/episodes.py), in lockstep rounds of batched
+        """All local episodes through the one episode loop (pipeline/play/episodes.py), in lockstep rounds of batched
         generation until every environment is done; records in the order of `tasks`."""
         if self.use_vllm and self.state.global_step != self._last_loaded_step:
             self.vllm_generation.sync_weights()  # collective: every process, once per generation

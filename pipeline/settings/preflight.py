@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PreflightError
+from pipeline.settings.errors import PreflightError
 
 PROBE_TIMEOUT = 5.0
 
@@ -135,7 +135,7 @@ def check_hub_push(repo_id: str | None, field: str) -> None:
 def check_training(recipe: str | None, model: str | None, training_args: Any) -> None:
     """A TRL stage (SFT, GRPO) before any loading: the model path resolves, the trackers are installed and, when
     pushing, the Hub takes the token."""
-    from pipeline.checkpoints import model_name
+    from pipeline.training.checkpoints import model_name
 
     where = f"{recipe}: " if recipe else ""
     if not model:

@@ -17,7 +17,7 @@ SAMPLED = ("sft_t1", "grpo_t1")  # the trained models again at temperature 1.0
 def split_figures(out: Path, name: str) -> dict[str, float | None]:
     """A system's figures on each held-out split, from its episodes: short (<= 2K) and long (4K-32K) generated
     NIAH with held-out phrasings, and the external hand-written set."""
-    from pipeline.rollout import iter_trajectories
+    from pipeline.play.rollout import iter_trajectories
 
     path = out / "eval" / name / "trajectories.jsonl"
     episodes = list(iter_trajectories(path)) if path.exists() else []
@@ -114,7 +114,7 @@ def summarize(out: Path, profile: Any, results: dict[str, Any], seconds: dict[st
 
 def write_summary(out: Path, summary: dict[str, Any], results: dict[str, Any]) -> None:
     """summary.json (for tests and scripts) and summary.md (for people), with the plots embedded."""
-    from pipeline.plots import training_curves_plot
+    from pipeline.reports.plots import training_curves_plot
 
     sft_losses = [(e["step"], e["loss"]) for e in results["sft"]["losses"]]
     grpo_rewards = [(s["step"], s["reward"]) for s in results["grpo"]["steps"] if "reward" in s]
