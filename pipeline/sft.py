@@ -15,28 +15,24 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import datasets
 import torch
 import transformers
 from transformers import set_seed
-from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
 from pipeline.data.sft_data import describe, load_sft_dataset
-from pipeline.data.shared_prefix import shared_prefix_dataset
 from pipeline.data.shared_prefix_collator import (
-    NUM_TOKENS,
     SHARED_PREFIX_COLUMNS,
-    SharedPrefixCollator,
     SharedPrefixError,
     loaded_attention,
-    mask_format,
     shared_prefix_fallback,
 )
 from pipeline.settings.preflight import check_training
 from pipeline.training import checkpoints
 from pipeline.training.model_utils import get_tokenizer, model_init_kwargs, training_method
+from pipeline.training.sft_trainer import StateLMSFTTrainer, shared_prefix_setup
 
 logger = logging.getLogger(__name__)
 
@@ -68,38 +64,6 @@ class SFTScriptArguments(ScriptArguments):
             "a CPU speed lever for small students (pipeline/training/freezing.py). Default: every parameter."
         },
     )
-
-
-class StateLMSFTTrainer(SFTTrainer):
-    """SFTTrainer whose model card (written with each checkpoint and on push) also names base model, data, recipe.
-    With shared-prefix rows it keeps their tree columns for the collator and counts real tokens in `num_tokens`
-    (TRL sums the attention mask, which is 4D here)."""
-
-    card_section = ""
-    extra_columns: tuple[str, ...] = ()  # dataset columns the collator reads besides TRL's
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *(c for c in self.extra_columns
-                                                               if c not in self._signature_columns)]  # fmt: skip
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        real_tokens = inputs.pop(NUM_TOKENS, None)
-        if real_tokens is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        counted = self._total_train_tokens
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.model.training:
-            gathered = self.accelerator.gather_for_metrics(real_tokens.reshape(1)).sum().item()
-            self._total_train_tokens = counted + gathered // self._tp_size
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        return result
-
-    def create_model_card(self, *args, **kwargs):
-        super().create_model_card(*args, **kwargs)
-        if self.is_world_process_zero() and self.card_section:
-            with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
-                card.write(self.card_section)
 
 
 def make_parser() -> TrlParser:
@@ -214,28 +178,6 @@ def build_trainer(
         f"- Recipe: `{script_args.recipe}` ({method} fine-tune, loss on assistant tokens only)\n"
     )
     return trainer, data_report
-
-
-def shared_prefix_setup(
-    dataset: datasets.Dataset, training_args: SFTConfig, attn_implementation: str | None, tokenizer: Any
-) -> tuple[datasets.Dataset, dict, SharedPrefixCollator]:
-    """Segment rows -> shared-prefix rows (each fits max_length), their figures, and the collator that builds
-    their 4D masks. Errors before any model loads when the attention or TRL's packing cannot take them."""
-    if training_args.packing or training_args.padding_free:
-        raise SharedPrefixError(
-            "shared_prefix builds its own rows and masks: set packing: false and padding_free: false"
-        )
-    form = mask_format(attn_implementation)
-    packed, figures = shared_prefix_dataset(dataset, training_args.max_length)
-    logger.info("shared-prefix rows %s", figures)
-    # The pad token TRL's own collator would take (padding is never read: label -100, it attends only to itself)
-    pad = training_args.pad_token or tokenizer.pad_token or tokenizer.eos_token
-    collator = SharedPrefixCollator(
-        pad_token_id=tokenizer.convert_tokens_to_ids(pad),
-        mask_format=form,
-        pad_to_multiple_of=training_args.pad_to_multiple_of,
-    )
-    return packed, figures, collator
 
 
 def _run_from_command_line() -> None:

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.data.task_sources import load_tokenizer
 from pipeline.env.pensieve import EnvConfig
-from pipeline.evaluate import length_bucket
 from pipeline.play.imitation import imitation_figures
 from pipeline.play.rollout import plan_episodes, play_episode
 from pipeline.policies.scripted import ScriptedExpert
+from pipeline.reports.eval_figures import length_bucket
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade
 

@@ -6,9 +6,9 @@ producing the same trajectory records. `BaseEnv` does the bookkeeping once: the 
 message version stored once) and the live context (table rows), rendering and token counts in the
 student's tokenizer, message ids, the format-error and budget end states, the turn records, the
 trajectory record, and the environment's rubric (its named reward components, pipeline/env/rubric.py) and
-evaluation figures. A subclass writes `step` (its turn logic, ending with `_record_turn`) and its tools;
-it may override `_over_budget`, `episode_metadata`, `recorded_input_tokens` and `eval_figures`, and set
-`rubric` to add reward components of its own.
+evaluation figures. A subclass writes `_turn` (its turn logic, ending with `_record_turn`; `step` counts the
+round) and its tools; it may override `_over_budget`, `episode_metadata`, `recorded_input_tokens` and
+`eval_figures`, and set `rubric` to add reward components of its own.
 """
 
 from __future__ import annotations
@@ -16,9 +16,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pipeline.data.trajectory import MessageRecord, Trajectory, Turn
 from pipeline.env.rubric import DEFAULT_RUBRIC, Rubric
 from pipeline.tasks.schema import Task
+
+
+class BaseEnvConfig(BaseModel):
+    """The settings every environment has: its budgets and the chat template's thinking switch.
+
+    Recipes set them under `environment:` (the shared env file); each kind's config adds its own fields and a
+    `kind`. A key no kind knows is an error naming it, not a silently ignored typo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
+    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
+    max_rounds: int = Field(default=150, description="Assistant turns before the episode ends as max_rounds.")
+    max_format_errors: int = Field(default=3, description="Consecutive erroneous turns before 'malformed'.")
+    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
 
 
 @dataclass
@@ -34,8 +51,7 @@ class StepResult:
 class BaseEnv:
     """One episode's state and records. Build a new env per episode.
 
-    The config must have `max_context_tokens`, `max_output_tokens`, `max_rounds`, `max_format_errors` and
-    `enable_thinking` (every env config does). `task` is set by `from_task` (None for an env built by hand);
+    The config is a `BaseEnvConfig` (its budgets). `task` is set by `from_task` (None for an env built by hand);
     the rubric's reward functions see it.
     """
 
@@ -127,6 +143,19 @@ class BaseEnv:
             self._end("over_budget")
         elif self.rounds >= self.config.max_rounds:
             self._end("max_rounds")
+
+    def step(self, raw_text: str) -> StepResult:
+        """Apply one assistant message: count the round and let the subclass's `_turn` play it. Never raises on
+        model output (a malformed message is a format error); after the end a step changes nothing."""
+        if self.done:
+            return StepResult(True, self.end_state, 0, False)
+        self.rounds += 1
+        return self._turn(raw_text, list(self.context), self.context_tokens)
+
+    def _turn(self, raw_text: Any, context_before: list[int], tokens_before: int) -> StepResult:
+        """One turn's logic (each environment's own), ending with `_record_turn(context_before, tokens_before,
+        ...)`; `context_before` / `tokens_before` are the live context the message answered."""
+        raise NotImplementedError
 
     def _record_turn(
         self,

@@ -25,10 +25,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from pipeline.data.trajectory import MessageRecord, Trajectory
-from pipeline.env.base import BaseEnv, StepResult
+from pipeline.env.base import BaseEnv, BaseEnvConfig, StepResult
 from pipeline.tasks.graders import grade_set
 from pipeline.tasks.inventory import inventory_states
 from pipeline.tasks.schema import DOCUMENT_SEPARATOR, Task
@@ -56,17 +54,11 @@ NO_INVENTORY = (
 _INVENTORY = re.compile(r"Inventory:\s*\[([^\[\]]*)\]", re.IGNORECASE)
 
 
-class InventoryConfig(BaseModel):
-    """Budgets; recipes set these under `env: {kind: inventory, ...}` (stream sizes belong to the tasks)."""
-
-    model_config = ConfigDict(extra="forbid")
+class InventoryConfig(BaseEnvConfig):
+    """Budgets (BaseEnvConfig); recipes set them under `environment: {kind: inventory, ...}` (stream sizes belong
+    to the tasks). A round is a chunk; a format error is an output without an inventory line."""
 
     kind: Literal["inventory"] = "inventory"
-    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
-    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
-    max_rounds: int = Field(default=150, description="Turns (chunks) before the episode ends as max_rounds.")
-    max_format_errors: int = Field(default=3, description="Consecutive outputs without inventory before 'malformed'.")
-    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
 
 
 def visible_text(raw: str) -> str:
@@ -131,12 +123,8 @@ class InventoryEnv(BaseEnv):
         return self._input_tokens
 
     # -- the step ----------------------------------------------------------------------------
-    def step(self, raw_text: str) -> StepResult:
-        """Apply one assistant message, then wipe the context. Never raises on model output."""
-        if self.done:
-            return StepResult(True, self.end_state, 0, False)
-        self.rounds += 1
-        context_before, tokens_before = list(self.context), self.context_tokens
+    def _turn(self, raw_text: Any, context_before: list[int], tokens_before: int) -> StepResult:
+        """Apply one assistant message, then wipe the context (BaseEnv.step counted the round)."""
         raw = raw_text if isinstance(raw_text, str) else str(raw_text)
         assistant_row = len(self.table)
         self.table.append(MessageRecord(role="assistant", content=raw))

@@ -12,11 +12,11 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from pipeline.data.trajectory import MessageRecord
 from pipeline.env import prompts
-from pipeline.env.base import BaseEnv, StepResult
+from pipeline.env.base import BaseEnv, BaseEnvConfig, StepResult
 from pipeline.env.dense import DenseIndex, DenseUnavailable, estimated_passages, reciprocal_rank_fusion
 from pipeline.env.index import ChunkIndex, SearchHit, token_offsets
 from pipeline.env.notebook import Notebook
@@ -25,17 +25,12 @@ from pipeline.env.tools import tool_schemas, validate_arguments
 from pipeline.tasks.schema import Task
 
 
-class EnvConfig(BaseModel):
-    """Budgets and tool settings; recipes set these under `env:`."""
+class EnvConfig(BaseEnvConfig):
+    """Pensieve's budgets (BaseEnvConfig) and tool settings; recipes set these under `environment:`."""
 
     kind: Literal["pensieve"] = "pensieve"
-    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
-    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
-    max_rounds: int = Field(default=150, description="Assistant turns before the episode ends as max_rounds.")
-    max_format_errors: int = Field(default=3, description="Consecutive erroneous turns before 'malformed'.")
     default_chunk_size: int = Field(default=4000, description="Chunk size analyzeText reports chunk counts at.")
     search_top_k: int = Field(default=20, description="Most chunk ids searchEngine returns.")
-    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
     compact_prompts: bool = Field(
         default=False,
         description="Short system prompt and tool schemas (types only): about half the tokens of every row, for "
@@ -109,12 +104,8 @@ class PensieveEnv(BaseEnv):
         return self._offsets
 
     # -- the step ----------------------------------------------------------------------------
-    def step(self, raw_text: str) -> StepResult:
-        """Apply one assistant message. Never raises on model output."""
-        if self.done:
-            return StepResult(True, self.end_state, 0, False)
-        self.rounds += 1
-        context_before, tokens_before = list(self.context), self.context_tokens
+    def _turn(self, raw_text: Any, context_before: list[int], tokens_before: int) -> StepResult:
+        """Apply one assistant message (BaseEnv.step counted the round)."""
         parsed = parse_tool_calls(raw_text)
         assistant_id = self._new_msg_id()
         assistant_row = self._add(MessageRecord(role="assistant", content=str(raw_text), msg_id=assistant_id))

@@ -33,10 +33,10 @@ import weakref
 import zlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipeline.data.trajectory import MessageRecord, Trajectory
-from pipeline.env.base import BaseEnv, StepResult
+from pipeline.env.base import BaseEnv, BaseEnvConfig, StepResult
 from pipeline.env.sandbox import BlockOutcome, Sandbox, SandboxConfig
 from pipeline.env.sub_model import SubCallResult, SubModelRunner
 from pipeline.tasks.schema import Task
@@ -63,21 +63,15 @@ _BLOCK = re.compile(r"```(?:python3?|py|repl)[ \t]*\n(.*?)```", re.DOTALL)
 _OPEN_FENCE = re.compile(r"```(?:python3?|py|repl)[ \t]*\n")
 
 
-class RLMConfig(BaseModel):
+class RLMConfig(BaseEnvConfig):
     """Budgets, output and sub-model settings; recipes set these under `env:` with `kind: rlm`."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["rlm"] = "rlm"
-    max_context_tokens: int = Field(default=32000, description="Rendered context + max_output_tokens limit.")
-    max_output_tokens: int = Field(default=2048, description="Tokens reserved for the next assistant message.")
     max_rounds: int = Field(default=50, description="Assistant turns before the episode ends as max_rounds.")
-    max_format_errors: int = Field(default=3, description="Consecutive erroneous turns before 'malformed'.")
     max_episode_seconds: float = Field(default=1800.0, description="REPL + sub-model seconds before 'over_budget'.")
     max_output_chars: int = Field(default=4000, ge=200, description="REPL output shown per block; the rest is cut.")
     max_blocks_per_turn: int = Field(default=8, ge=1, description="Blocks run per message; later ones are skipped.")
     max_answer_chars: int = Field(default=20_000, description="Longest answer kept.")
-    enable_thinking: bool | None = Field(default=None, description="Passed to the chat template when set.")
     sub_model: Any = Field(
         default=None,
         description="Policy behind llm_query (same fields as `policy:`; the recipe validates it, the caller builds it "
@@ -164,12 +158,8 @@ class RLMEnv(BaseEnv):
         return self._input_tokens
 
     # -- the step ----------------------------------------------------------------------------
-    def step(self, raw_text: str) -> StepResult:
-        """Apply one assistant message: run its code blocks. Never raises on model output."""
-        if self.done:
-            return StepResult(True, self.end_state, 0, False)
-        self.rounds += 1
-        context_before, tokens_before = list(self.context), self.context_tokens
+    def _turn(self, raw_text: Any, context_before: list[int], tokens_before: int) -> StepResult:
+        """Apply one assistant message: run its code blocks (BaseEnv.step counted the round)."""
         text = raw_text if isinstance(raw_text, str) else str(raw_text)
         assistant_id = self._new_msg_id()
         assistant_row = self._add(MessageRecord(role="assistant", content=text, msg_id=assistant_id))

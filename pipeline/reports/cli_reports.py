@@ -42,8 +42,6 @@ def print_collect(console: Console, report: dict[str, Any], path: Path) -> None:
 
 
 def print_curate(console: Console, report: dict[str, Any]) -> None:
-    from pipeline.curate import report_tables
-
     for table in report_tables(report):
         console.print(table)
     skipped = report["skipped_lines"] + report["duplicate_episodes"] + report["invalid_episodes"]
@@ -92,3 +90,43 @@ def print_grpo(console: Console, report: dict[str, Any], output_dir: str) -> Non
             f"{step.get('tokens/trained', 0):.0f}",
         )
     console.print(table)
+
+
+def report_tables(report: dict[str, Any]) -> list[Any]:
+    """Rich tables of a curate report: figures, rejection reasons, action types before/after balancing."""
+
+    figures = Table(title=f"curate report ({Path(report['dataset']).parent / 'report.json'})")
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    for key in ("episodes_in", "episodes_kept", "rows", "tokens", "trained_tokens", "trained_turns"):
+        figures.add_row(key, f"{report[key]:,}")
+    figures.add_row("tokens as per-turn snapshots", f"{report['snapshot_tokens']:,}")
+    figures.add_row("segments / snapshots (tokens)", f"{report['segment_to_snapshot_tokens']:.3f}")
+    figures.add_row("turns the policy marked untrained", f"{report.get('masked_by_policy', 0):,}")
+    figures.add_row("segment starts", json.dumps(report["segment_breaks"]))
+    figures.add_row("seconds", str(report["seconds"]))
+
+    rejected = Table(title="rejections (an episode may have several reasons)")
+    rejected.add_column("reason")
+    rejected.add_column("episodes", justify="right")
+    for reason, count in report["rejections"].items():
+        rejected.add_row(reason, str(count))
+    if not report["rejections"]:
+        rejected.add_row("(none)", "0")
+
+    actions = Table(title="action types of trained turns, before and after balancing")
+    for column in ("action", "cap", "before", "share", "after", "share "):
+        actions.add_column(column, justify="left" if column == "action" else "right")
+    balance = report["recipe"]["balance"]
+    n_before, n_after = sum(report["actions_before"].values()), sum(report["actions_after"].values())
+    for action, count in report["actions_before"].items():
+        after = report["actions_after"].get(action, 0)
+        actions.add_row(
+            action,
+            f"{balance['max_share_by_type'].get(action, balance['max_share']):.0%}",
+            str(count),
+            f"{count / n_before:.1%}" if n_before else "-",
+            str(after),
+            f"{after / n_after:.1%}" if n_after else "-",
+        )
+    return [figures, rejected, actions]

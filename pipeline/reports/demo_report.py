@@ -186,7 +186,7 @@ def summary_markdown(summary: dict[str, Any], eval_report: dict[str, Any]) -> st
         "Mean active context (tokens) by input length:",
         "",
     ]
-    from pipeline.evaluate import BUCKETS
+    from pipeline.reports.eval_figures import BUCKETS
 
     seen = {b for s in systems.values() for b in s.get("mean_context_by_length", {})}
     order = [label for _, label in BUCKETS]
