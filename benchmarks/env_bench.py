@@ -15,9 +15,9 @@ from transformers import AutoTokenizer
 
 from pipeline.env.parsing import format_assistant_text
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.models.tiny import build_tiny_model
 from pipeline.policies.scripted import ScriptedExpert
 from pipeline.tasks.generators import generate_niah
-from pipeline.tiny import build_tiny_model
 
 
 def stub_tokens_after_cycles(task, tokenizer, cycles: int, compact: bool) -> int:

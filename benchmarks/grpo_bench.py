@@ -24,8 +24,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.grpo import build_trainer, make_parser
+from pipeline.models.tiny import build_tiny_model
 from pipeline.tasks.generators import generate_niah
-from pipeline.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

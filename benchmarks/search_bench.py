@@ -22,11 +22,11 @@ from transformers import AutoTokenizer
 
 from pipeline.env.parsing import format_assistant_text
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
+from pipeline.models.tiny import build_tiny_model
 from pipeline.policies.scripted import ScriptedExpert
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.paraphrase import generate_paraphrase_niah
 from pipeline.tasks.schema import Task
-from pipeline.tiny import build_tiny_model
 
 MODES = ("bm25", "dense", "hybrid")
 _HIT = re.compile(r"^chunk (\d+) \(score", re.MULTILINE)

@@ -53,11 +53,11 @@ from transformers import AutoTokenizer, PrinterCallback
 from pipeline.data.segments import Segment, segment_trajectory, snapshot_trajectory
 from pipeline.data.shared_prefix import pack_episode
 from pipeline.env.pensieve import EnvConfig
+from pipeline.models.tiny import build_tiny_model
 from pipeline.play.rollout import Episode, play_episode
 from pipeline.policies.scripted import ScriptedExpert
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade
-from pipeline.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_RECIPE = ROOT / "recipes/tiny/sft.yaml"

@@ -79,7 +79,7 @@ def tiny_model(
     overwrite: Annotated[bool, typer.Option(help="Rebuild even if the folder holds the same build.")] = False,
 ) -> None:
     """Build the tiny Qwen3-architecture model and tokenizer used by tests, the demo and CPU recipes."""
-    from pipeline.tiny import build_tiny_model
+    from pipeline.models.tiny import build_tiny_model
 
     path = build_tiny_model(
         out, seed=seed, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, overwrite=overwrite
@@ -94,7 +94,7 @@ def base_model(
     overwrite: Annotated[bool, typer.Option(help="Re-import even if the folder is up to date.")] = False,
 ) -> None:
     """Import a pretrained student shipped as GGUF in a package into a normal HF folder (idempotent)."""
-    from pipeline.base_model import import_base_model
+    from pipeline.models.base_model import import_base_model
 
     try:
         path = import_base_model(name, out, overwrite=overwrite)

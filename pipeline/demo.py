@@ -57,10 +57,10 @@ def make_tasks(out: Path, profile: DemoProfile) -> dict[str, Any]:
 def build_base_model(out: Path, profile: DemoProfile) -> str:
     """The student before training: the packaged SmolLM2 imported once, or the tiny random model."""
     if profile.base == "tiny":
-        from pipeline.tiny import build_tiny_model
+        from pipeline.models.tiny import build_tiny_model
 
         return str(build_tiny_model(out / "model", **profile.tiny_model))
-    from pipeline.base_model import import_base_model
+    from pipeline.models.base_model import import_base_model
 
     return str(import_base_model(profile.base, out / "model"))
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from pipeline.base_model import MANIFEST, GGUFSource
 from pipeline.data.segments import render_turn
 from pipeline.data.trajectory import MessageRecord, Trajectory, Turn
 from pipeline.env.parsing import parse_tool_calls
 from pipeline.env.tools import tool_schemas
+from pipeline.models.base_model import MANIFEST, GGUFSource
 
 pytestmark = pytest.mark.slow  # dequantizes a 135M-parameter model once per session
 

@@ -63,7 +63,7 @@ def small_recipe(path: Path, model: Path, output_dir: Path, **overrides) -> Path
 @pytest.fixture(scope="module")
 def micro_model_dir(tmp_path_factory) -> Path:
     """The project's tiny model at its smallest (2 layers, width 64): whole episodes and updates stay quick on CPU."""
-    from pipeline.tiny import build_tiny_model
+    from pipeline.models.tiny import build_tiny_model
 
     return build_tiny_model(
         tmp_path_factory.mktemp("micro") / "model", seed=0, hidden_size=64, num_layers=2, num_heads=2,

@@ -13,8 +13,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.env.parsing import format_assistant_text, parse_tool_calls
 from pipeline.env.tools import TOOL_NAMES, tool_schemas
+from pipeline.models.tiny import (
+    EOS_TOKEN,
+    MANIFEST,
+    PAD_TOKEN,
+    QWEN3_ADDED_TOKENS,
+    build_tiny_model,
+    qwen3_chat_template,
+)
 from pipeline.tasks.generators import generate_multihop, generate_niah, tokens_per_word
-from pipeline.tiny import EOS_TOKEN, MANIFEST, PAD_TOKEN, QWEN3_ADDED_TOKENS, build_tiny_model, qwen3_chat_template
 
 ASSISTANT_START = "<|im_start|>assistant\n"
 

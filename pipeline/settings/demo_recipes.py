@@ -27,7 +27,7 @@ class DemoProfile:
     """Sizes of one demo run: `demo.yaml`'s settings and the stage recipes (paths still as placeholders)."""
 
     name: str
-    base: str  # "smollm2" (a packaged pretrained model) or "tiny" (pipeline.tiny, random weights)
+    base: str  # "smollm2" (a packaged pretrained model) or "tiny" (pipeline.models.tiny, random weights)
     train_tasks: int
     min_tokens: int
     max_tokens: int

@@ -65,7 +65,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, pad_token: str | Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.tiny import qwen3_chat_template
+    from pipeline.models.tiny import qwen3_chat_template
 
     gguf_path, out = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
