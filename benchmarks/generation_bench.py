@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.env.pensieve import EnvConfig
-from pipeline.play.rollout import collect, iter_trajectories, plan_episodes
+from pipeline.play.rollout import collect, plan_episodes
 from pipeline.policies.hf import HFPolicy
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.task_sources import build_tasks, load_tokenizer, make_grader
-from pipeline.play.rollout import collect, iter_trajectories, plan_episodes, summarize
+from pipeline.data.trajectory_files import iter_trajectories
+from pipeline.play.rollout import collect, plan_episodes, summarize
 from pipeline.policies.factory import make_policy
 from pipeline.settings.errors import EXIT_EPISODES_FAILED, StateLMError
 from pipeline.settings.preflight import check_endpoint, check_env, check_model_path, check_policy, check_task_files

@@ -19,9 +19,10 @@ from typing import Any
 
 from pipeline.data.task_sources import build_tasks, load_tokenizer, make_grader
 from pipeline.data.trajectory import Trajectory
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.play.imitation import imitation_figures
 from pipeline.play.no_tools import no_tools_baseline
-from pipeline.play.rollout import Episode, collect, iter_trajectories, plan_episodes
+from pipeline.play.rollout import Episode, collect, plan_episodes
 from pipeline.policies.factory import make_policy
 from pipeline.policies.hf import HFPolicy
 from pipeline.reports.eval_figures import episode_report, markdown_summary, no_tools_figures, sawtooth_picks

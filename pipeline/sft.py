@@ -23,16 +23,16 @@ from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
 
 from pipeline.data.sft_data import describe, load_sft_dataset
-from pipeline.data.shared_prefix_collator import (
+from pipeline.settings.preflight import check_training
+from pipeline.training import checkpoints
+from pipeline.training.model_utils import get_tokenizer, model_init_kwargs, training_method
+from pipeline.training.sft_trainer import StateLMSFTTrainer, shared_prefix_setup
+from pipeline.training.shared_prefix_collator import (
     SHARED_PREFIX_COLUMNS,
     SharedPrefixError,
     loaded_attention,
     shared_prefix_fallback,
 )
-from pipeline.settings.preflight import check_training
-from pipeline.training import checkpoints
-from pipeline.training.model_utils import get_tokenizer, model_init_kwargs, training_method
-from pipeline.training.sft_trainer import StateLMSFTTrainer, shared_prefix_setup
 
 logger = logging.getLogger(__name__)
 

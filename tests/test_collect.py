@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.play.rollout import iter_trajectories, scan_existing
+from pipeline.data.trajectory_files import iter_trajectories, scan_existing
 
 
 def write_recipe(path: Path, model_dir: Path, out: Path, tasks: list[dict], **extra) -> Path:

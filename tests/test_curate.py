@@ -17,7 +17,7 @@ from pipeline.collect import run_collect
 from pipeline.curate import CurateRecipe, load_curate_recipe, run_curate
 from pipeline.data.balance import balance_turns, keep_counts
 from pipeline.data.trajectory import Trajectory
-from pipeline.play.rollout import iter_trajectories
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.settings.recipe import CollectRecipe
 
 ROOT = Path(__file__).resolve().parents[1]

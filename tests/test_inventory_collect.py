@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.collect import run_collect
 from pipeline.data.segments import segment_trajectory
-from pipeline.play.rollout import iter_trajectories
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.settings.recipe import load_collect_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

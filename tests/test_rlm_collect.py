@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.play.rollout import iter_trajectories
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.settings.recipe import load_collect_recipe
 
 RLM_ENV = {

@@ -20,9 +20,9 @@ from pipeline.data.segments import (
     snapshot_trajectory,
 )
 from pipeline.data.trajectory import MessageRecord, Trajectory, Turn
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.env.parsing import format_assistant_text
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
-from pipeline.play.rollout import iter_trajectories
 from pipeline.settings.recipe import CollectRecipe
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared-prefix rows (pipeline/data/shared_prefix.py, pipeline/data/shared_prefix_collator.py, pipeline/sft.py): an
+"""Shared-prefix rows (pipeline/data/shared_prefix.py, pipeline/training/shared_prefix_collator.py, pipeline/sft.py): an
 episode's segments packed under one prefix train exactly what the separate segment rows train (TRL's loss and
 every gradient, to 1e-5), for fewer tokens; rows fit max_length; backends without a 4D mask fall back to one
 row per segment."""
@@ -14,15 +14,15 @@ from datasets import Dataset
 from pipeline.data.segments import segment_trajectory
 from pipeline.data.sft_data import SFTDataError
 from pipeline.data.shared_prefix import common_prefix_length, pack_episode, pack_rows
-from pipeline.data.shared_prefix_collator import (
+from pipeline.sft import build_trainer, make_parser
+from pipeline.training.shared_prefix_attention import NAME, TREE
+from pipeline.training.shared_prefix_collator import (
     NUM_TOKENS,
     SharedPrefixCollator,
     SharedPrefixError,
     shared_prefix_fallback,
     tree_mask,
 )
-from pipeline.sft import build_trainer, make_parser
-from pipeline.training.shared_prefix_attention import NAME, TREE
 from tests.test_segments import collect_scripted
 
 ROOT = Path(__file__).resolve().parents[1]

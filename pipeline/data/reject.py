@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.data.segments import SegmentError, check_trajectory
 from pipeline.data.trajectory import Trajectory
-from pipeline.play.rollout import iter_trajectories
+from pipeline.data.trajectory_files import iter_trajectories
 from pipeline.settings.curate_recipe import CurateRecipe, FilterConfig
 
 logger = logging.getLogger(__name__)

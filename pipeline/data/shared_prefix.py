@@ -13,7 +13,7 @@ p, p+1, ... as in its own row). A causal model then computes, for every token of
 hidden states of segment k's own row, so the loss on each trained token is the same and so is the loss TRL
 trains (a sum over trained tokens divided by their count, `num_items_in_batch`), for fewer tokens.
 
-The contract (a packed row, as `pack_episode` returns it and pipeline/data/shared_prefix_collator.py reads it):
+The contract (a packed row, as `pack_episode` returns it and pipeline/training/shared_prefix_collator.py reads it):
 - `input_ids`, `completion_mask`: the prefix, then each segment's tokens after it; the mask is each
   segment's own mask on its tokens (the prefix never holds a trained token).
 - `prefix_length` (int) and `segment_lengths` (list[int]): the tree. A row with no segments is an ordinary

@@ -12,8 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.policies.base import as_action
-from pipeline.reports.eval_figures import task_source
-from pipeline.tasks.schema import Task
+from pipeline.tasks.schema import Task, task_source
 
 NO_TOOLS_SYSTEM = "Read the text and answer the question. Reply with the answer only."
 

@@ -17,7 +17,7 @@ SAMPLED = ("sft_t1", "grpo_t1")  # the trained models again at temperature 1.0
 def split_figures(out: Path, name: str) -> dict[str, float | None]:
     """A system's figures on each held-out split, from its episodes: short (<= 2K) and long (4K-32K) generated
     NIAH with held-out phrasings, and the external hand-written set."""
-    from pipeline.play.rollout import iter_trajectories
+    from pipeline.data.trajectory_files import iter_trajectories
 
     path = out / "eval" / name / "trajectories.jsonl"
     episodes = list(iter_trajectories(path)) if path.exists() else []

@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.data.trajectory import Trajectory
 from pipeline.env.registry import eval_figures
 from pipeline.play.rollout import summarize
+from pipeline.tasks.schema import task_source
 
 BUCKETS = [(2_000, "<=2K"), (8_000, "2K-8K"), (32_000, "8K-32K"), (128_000, "32K-128K"), (512_000, "128K-512K")]
 # Input-length ranges reported beside the buckets: the demo's "longer than any training input" figure
@@ -23,11 +24,6 @@ def length_bucket(tokens: int | None) -> str:
         if (tokens or 0) <= limit:
             return label
     return ">512K"
-
-
-def task_source(metadata: dict[str, Any]) -> str:
-    """Which generator or benchmark a task came from: the key of `accuracy_by_task`."""
-    return str(metadata.get("generator") or metadata.get("benchmark") or metadata.get("task_kind") or "tasks")
 
 
 def episode_report(trajectories: list[Trajectory]) -> dict[str, Any]:

@@ -100,3 +100,8 @@ def _short(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors())
     return str(exc)
+
+
+def task_source(metadata: dict[str, Any]) -> str:
+    """Which generator or benchmark a task came from (its metadata): the key of eval's `accuracy_by_task`."""
+    return str(metadata.get("generator") or metadata.get("benchmark") or metadata.get("task_kind") or "tasks")

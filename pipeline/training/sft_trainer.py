@@ -12,7 +12,7 @@ import datasets
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.data.shared_prefix import shared_prefix_dataset
-from pipeline.data.shared_prefix_collator import NUM_TOKENS, SharedPrefixCollator, SharedPrefixError, mask_format
+from pipeline.training.shared_prefix_collator import NUM_TOKENS, SharedPrefixCollator, SharedPrefixError, mask_format
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ LM head) runs on each prefix token once.
 
 The tree reaches the attention layers as the forward kwarg `shared_prefix_tree` (one `(prefix_length,
 segment_lengths, length)` per row; transformers passes model kwargs down to the attention function), from
-pipeline/data/shared_prefix_collator.py. The name is registered in transformers' AttentionInterface but not in
+pipeline/training/shared_prefix_collator.py. The name is registered in transformers' AttentionInterface but not in
 its mask interface, so transformers builds no mask for it; without the kwarg (generation, a plain batch)
 it is causal sdpa over unpadded rows. It is not saved in the model's config (transformers drops
 `_attn_implementation_internal` on save).
