@@ -84,3 +84,15 @@ def test_grpo_per_turn_cap_is_set_only_in_the_environment(tmp_path):
     path.write_text(yaml.safe_dump({**recipe, "max_completion_length": 8}))
     result = CliRunner().invoke(app, ["grpo", "--config", str(path)])
     assert result.exit_code == 1 and "set environment.max_output_tokens instead" in result.output
+
+
+def test_grpo_config_built_in_code_follows_the_environment_cap_or_says_why_not(tmp_path):
+    from pipeline.training.grpo_config import StateLMGRPOConfig
+
+    common = {"output_dir": str(tmp_path), "num_episodes_per_task": 2, "max_segments_per_episode": 1,
+              "per_device_train_batch_size": 2, "report_to": "none", "use_cpu": True}  # fmt: skip
+    config = StateLMGRPOConfig(**common, environment={"max_output_tokens": 96})
+    assert config.max_completion_length == 96
+    assert StateLMGRPOConfig(**common, environment={"max_output_tokens": 96}, max_completion_length=96)
+    with pytest.raises(ValueError, match="per-turn cap once, as environment"):
+        StateLMGRPOConfig(**common, environment={"max_output_tokens": 96}, max_completion_length=64)

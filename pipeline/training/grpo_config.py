@@ -75,6 +75,10 @@ class StateLMGRPOConfig(GRPOConfig):
         default="grpo", metadata={"help": "TRL loss aggregation: grpo (mean over a segment's tokens) or dr_grpo."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every X updates steps."})
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={"help": "Derived: environment.max_output_tokens, the student's per-turn cap (set it there)."},
+    )
 
     _VALID_DICT_FIELDS: ClassVar[list[str]] = [
         *GRPOConfig._VALID_DICT_FIELDS, "rewards", "environment", "judge", "curriculum",
@@ -119,14 +123,14 @@ class StateLMGRPOConfig(GRPOConfig):
                 "generation); leave them unset"
             )
         self.steps_per_generation = self.gradient_accumulation_steps = steps
-        super().__post_init__()
-        if self.world_size != world_size:
-            raise RuntimeError(f"WORLD_SIZE={world_size} but the distributed state has {self.world_size} processes")
         # The sections ours reads later are checked now (each once), so a bad recipe fails before any model loads
         env = _checked("environment", env_config, self.environment)
         if self.curriculum is not None:
             _checked("curriculum", CurriculumConfig.model_validate, self.curriculum)
         self._from_environment(env)
+        super().__post_init__()
+        if self.world_size != world_size:
+            raise RuntimeError(f"WORLD_SIZE={world_size} but the distributed state has {self.world_size} processes")
         rubric = env_class(env).rubric
         self.rewards = dict(DEFAULT_REWARD_WEIGHTS if self.rewards is None else self.rewards)
         try:
@@ -136,8 +140,14 @@ class StateLMGRPOConfig(GRPOConfig):
         self.reward_weights = None  # the reward is the episode's own (its env's rubric), never TRL's weighted sum
 
     def _from_environment(self, env: Any) -> None:
-        """The student's per-turn cap and chat-template kwargs are the environment's (set once for every stage)."""
-        self.max_completion_length = getattr(env, "max_output_tokens", self.max_completion_length)
+        """The student's per-turn cap and chat-template kwargs are the environment's (set once for every stage); a
+        config built in code that sets another cap is an error, never silently overridden."""
+        if self.max_completion_length not in (None, env.max_output_tokens):
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} differs from environment.max_output_tokens="
+                f"{env.max_output_tokens}: set the student's per-turn cap once, as environment.max_output_tokens"
+            )
+        self.max_completion_length = env.max_output_tokens
         if getattr(env, "enable_thinking", None) is not None:
             self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": env.enable_thinking}
 

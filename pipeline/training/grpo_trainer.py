@@ -164,15 +164,7 @@ class StateLMGRPOTrainer(EpisodeGeneration, RowChunks, GenerationMetrics, GRPOTr
                 card.write(self.card_section)
 
     def _env_config(self, args: StateLMGRPOConfig):
-        config = env_config(args.environment)
-        cap = args.max_completion_length
-        if "max_output_tokens" in config.model_fields_set and config.max_output_tokens != cap:
-            raise ValueError(
-                f"environment.max_output_tokens={config.max_output_tokens} differs from max_completion_length={cap}, "
-                "the per-turn cap generation uses; set only max_completion_length"
-            )
-        if hasattr(config, "max_output_tokens"):
-            config = config.model_copy(update={"max_output_tokens": cap})
+        config = env_config(args.environment)  # its max_output_tokens is max_completion_length (StateLMGRPOConfig)
         limit = args.vllm_max_model_length
         if self.use_vllm and limit is not None and limit < getattr(config, "max_context_tokens", 0):
             raise ValueError(f"vllm_max_model_length={limit} is below environment.max_context_tokens")
