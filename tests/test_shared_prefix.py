@@ -15,6 +15,7 @@ from pipeline.data.segments import segment_trajectory
 from pipeline.data.sft_data import SFTDataError
 from pipeline.data.shared_prefix import common_prefix_length, pack_episode, pack_rows
 from pipeline.sft import build_trainer, make_parser
+from pipeline.training import shared_prefix_attention as tree_attention
 from pipeline.training.shared_prefix_attention import NAME, TREE
 from pipeline.training.shared_prefix_collator import (
     NUM_TOKENS,
@@ -137,6 +138,47 @@ def one_step_gradients(trainer) -> tuple[float, dict[str, torch.Tensor], int]:
         total += loss.item()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
     return total, grads, num_items
+
+
+class _Heads(torch.nn.Module):
+    """What the attention function reads of a model's attention module: grouped key/value heads."""
+
+    num_key_value_groups = 2
+    is_causal = True
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["log-sum-exp merge", "causal branches"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tree_attention_equals_each_segment_row_alone(merged, dtype, monkeypatch):
+    """The tree's outputs and gradients are those of causal attention over [prefix ; segment] row by row, with
+    the prefix once, on both paths: the flash kernel's blocks merged by log-sum-exp, or one branch per segment."""
+    if not merged:
+        monkeypatch.setattr(tree_attention, "_FLASH", None)
+    prefix, segments, pad, dim = 19, [7, 12, 5], 3, 16
+    n = prefix + sum(segments) + pad
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, n, dim, generator=generator).to(dtype).requires_grad_()
+    k, v = (torch.randn(1, 2, n, dim, generator=generator).to(dtype).requires_grad_() for _ in range(2))
+    out, _ = tree_attention.shared_prefix_attention(_Heads(), q, k, v, None, **{TREE: [(prefix, segments, n - pad)]})
+    weights = torch.randn(out.shape, generator=generator).to(dtype)
+    (out.float() * weights.float()).sum().backward()
+    grads = [t.grad.float() for t in (q, k, v)]
+
+    expected, start = [], prefix
+    qr, kr, vr = (t.detach().float().requires_grad_() for t in (q, k, v))
+    for i, size in enumerate(segments):
+        index = torch.cat([torch.arange(prefix), torch.arange(start, start + size)])
+        keys, values = (t[:, :, index].repeat_interleave(2, dim=1) for t in (kr, vr))
+        row = torch.nn.functional.scaled_dot_product_attention(qr[:, :, index], keys, values, is_causal=True)
+        expected.append(row.transpose(1, 2)[:, : (prefix if i == 0 else 0)])
+        expected.append(row.transpose(1, 2)[:, prefix:])
+        start += size
+    reference = torch.cat([*expected, torch.zeros(1, pad, 4, dim)], dim=1)
+    (reference * weights.float()).sum().backward()
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
+    assert torch.allclose(out.float(), reference, atol=tolerance, rtol=0)
+    for got, want in zip(grads, (qr.grad, kr.grad, vr.grad), strict=True):
+        assert torch.allclose(got, want, atol=tolerance, rtol=0)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
