@@ -53,10 +53,14 @@ def run_curate(recipe: CurateRecipe, progress: bool = True) -> dict[str, Any]:
     if figures["rows"] == 0:
         scratch.unlink(missing_ok=True)
         raise ValueError(f"no rows to write: {found.episodes_in} episodes read, rejections {dict(found.rejections)}")
-    dataset = Dataset.from_file(str(scratch))
+    # Rows in episode-id order (a stable sort keeps each episode's segments in order): collection writes
+    # episodes as they end, and SFT's seeded shuffle of another row order trains another model
+    order = out / f".{DATASET}.order.arrow"
+    dataset = Dataset.from_file(str(scratch)).sort("episode_id", indices_cache_file_name=str(order))
     save_atomically(dataset, out / DATASET, progress)
     del dataset
     scratch.unlink(missing_ok=True)
+    order.unlink(missing_ok=True)
 
     before = distribution(action for _, _, action in found.candidates)
     report = {

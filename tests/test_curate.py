@@ -322,3 +322,24 @@ def test_trajectory_records_without_trained_still_load(collected):
         del turn["trained"]
     old = Trajectory.model_validate(line)
     assert old.turns and all(turn.trained for turn in old.turns)
+
+
+def test_the_dataset_does_not_depend_on_the_order_episodes_were_written(collected, tiny_model_dir, tmp_path):
+    """Concurrent collection writes episodes as they end, so two runs list them in other orders; the rows (and so
+    SFT's seeded shuffle of them) must not follow: they come in episode-id order, each episode's segments in order."""
+    from datasets import load_from_disk
+
+    lines = collected.read_text().splitlines(keepends=True)
+    assert len(lines) > 2
+    reordered = tmp_path / "reordered.jsonl"
+    reordered.write_text("".join(lines[1:][::-1] + lines[:1]))
+    datasets = []
+    for name, path in (("a", collected), ("b", reordered)):
+        run_curate(recipe_for([path], tmp_path / name, tiny_model_dir), progress=False)
+        datasets.append(load_from_disk(str(tmp_path / name / "dataset")))
+    a, b = datasets
+    assert a["input_ids"] == b["input_ids"] and a["completion_mask"] == b["completion_mask"]
+    assert a["episode_id"] == sorted(a["episode_id"])
+    for episode in set(a["episode_id"]):
+        firsts = [turns[0] for turns, e in zip(a["turns"], a["episode_id"], strict=True) if e == episode]
+        assert firsts == sorted(firsts)
