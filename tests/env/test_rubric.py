@@ -3,7 +3,6 @@ from the recipe, every component is stored; and the env package imports nothing 
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pipeline.env.inventory import InventoryConfig, InventoryEnv
 from pipeline.env.registry import ENVIRONMENTS, env_class
 from pipeline.env.rubric import DEFAULT_REWARD_WEIGHTS, DEFAULT_RUBRIC
 from pipeline.tasks.inventory import generate_inventory
+from tests.test_layout import imports_of as _imported
 
 
 def state_share(episode: Trajectory, task) -> float:
@@ -80,17 +80,6 @@ def test_every_registered_env_has_the_default_components():
 ENV_DIR = Path(__file__).resolve().parents[2] / "pipeline" / "env"
 FORBIDDEN = ("pipeline.policies", "pipeline.training", "pipeline.play", "pipeline.settings", "pipeline.grpo",
              "pipeline.sft", "pipeline.collect", "pipeline.evaluate", "pipeline.data.curriculum")  # fmt: skip
-
-
-def _imported(path: Path) -> set[str]:
-    """Every module a file imports, lazy imports inside functions included."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
 
 
 def test_no_env_module_imports_policies_or_training_code():
