@@ -234,3 +234,16 @@ def test_data_that_cannot_take_shared_prefix_rows_is_refused(tiny_model_dir, seg
     Dataset.from_list([{"input_ids": [1, 2, 3], "completion_mask": [0, 1, 1]}]).save_to_disk(str(bare))
     with pytest.raises(SFTDataError, match="episode_id"):
         trainer_for(tiny_model_dir, bare, tmp_path / "z", "--shared_prefix", "true")
+
+
+def test_tree_attention_takes_mixed_dtypes_under_bf16_autocast():
+    """Under CPU bf16 autocast (the demo's SFT) q and k can arrive in float32 and v in bf16, as sdpa accepts."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 40, 16, generator=generator).requires_grad_()
+    k = torch.randn(1, 2, 40, 16, generator=generator).requires_grad_()
+    v = torch.randn(1, 2, 40, 16, generator=generator).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = tree_attention.shared_prefix_attention(_Heads(), q, k, v, None, **{TREE: [(20, [10, 10], 40)]})
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and q.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()

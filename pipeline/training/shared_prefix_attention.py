@@ -74,6 +74,10 @@ class SegmentAttention(torch.autograd.Function):
 def _merged(module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, segments: list[int],
             scaling: float | None) -> list[torch.Tensor]:  # fmt: skip
     """The tree's outputs, (1, n, heads, dim) pieces: the prefix once, then each segment via SegmentAttention."""
+    # Under autocast the projections and rotary embeddings can leave q, k and v in different dtypes; sdpa is
+    # autocast to its lower precision, so the flash calls take that dtype too (as sdpa would)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    q, k, v = (t.to(dtype) for t in (q, k, v))
     groups = getattr(module, "num_key_value_groups", 1)
     k, v = (repeat_kv(t, groups) if groups > 1 else t for t in (k, v))
     scale = scaling if scaling is not None else 1.0 / math.sqrt(q.shape[-1])
