@@ -13,6 +13,7 @@ round) and its tools; it may override `_over_budget`, `episode_metadata`, `recor
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,7 +49,7 @@ class StepResult:
     edited: bool
 
 
-class BaseEnv:
+class BaseEnv(ABC):
     """One episode's state and records. Build a new env per episode.
 
     The config is a `BaseEnvConfig` (its budgets). `task` is set by `from_task` (None for an env built by hand);
@@ -152,10 +153,10 @@ class BaseEnv:
         self.rounds += 1
         return self._turn(raw_text, list(self.context), self.context_tokens)
 
+    @abstractmethod
     def _turn(self, raw_text: Any, context_before: list[int], tokens_before: int) -> StepResult:
         """One turn's logic (each environment's own), ending with `_record_turn(context_before, tokens_before,
         ...)`; `context_before` / `tokens_before` are the live context the message answered."""
-        raise NotImplementedError
 
     def _record_turn(
         self,
