@@ -7,11 +7,15 @@ tasks were built and every episode failed. Each check raises `PreflightError` na
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.settings.cpu_bf16 import cpu_bf16_is_native
 from pipeline.settings.errors import PreflightError
+
+logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0
 
@@ -142,6 +146,9 @@ def check_training(recipe: str | None, model: str | None, training_args: Any) ->
         raise PreflightError(f"{where}model_name_or_path is not set (the recipe's key, or --model)")
     check_model_path(model, f"{where}model_name_or_path")
     check_trackers(training_args.report_to, f"{where}report_to")
+    if training_args.bf16 and training_args.use_cpu and not cpu_bf16_is_native():
+        logger.warning("%sbf16: true with use_cpu on a CPU without native bf16 (no AVX512-BF16/AMX): autocast is "
+                       "emulated, ~20x slower than float32 here; set bf16: false", where)  # fmt: skip
     if training_args.push_to_hub:
         check_hub_push(training_args.hub_model_id or model_name(training_args), f"{where}push_to_hub")
 
