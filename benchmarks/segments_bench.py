@@ -56,6 +56,7 @@ from pipeline.env.pensieve import EnvConfig
 from pipeline.models.tiny import build_tiny_model
 from pipeline.play.rollout import Episode, play_episode
 from pipeline.policies.scripted import ScriptedExpert
+from pipeline.settings.cpu_bf16 import float32_where_bf16_is_slow
 from pipeline.tasks.generators import generate_niah
 from pipeline.tasks.graders import grade
 
@@ -154,8 +155,10 @@ def setup(profile: str) -> tuple[ScriptedExpert, EnvConfig, str, list[str]]:
 
 
 def demo_sft_flags(demo: Any) -> list[str]:
-    """The CPU levers of the demo's SFT recipe, read from its profile (so the benchmark follows the demo)."""
-    sft = demo.recipes["sft"]
+    """The CPU levers of the demo's SFT recipe, read from its profile (so the benchmark follows the demo), with
+    bf16 only where this CPU has it natively, as the demo writes the recipe."""
+    sft = dict(demo.recipes["sft"])
+    float32_where_bf16_is_slow(sft)
     flags = ["--trainable_layers", str(sft["trainable_layers"])] if sft.get("trainable_layers") else []
     return flags + (["--bf16", "true", "--use_cpu", "true"] if sft["bf16"] else [])
 
