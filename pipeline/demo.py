@@ -19,7 +19,6 @@ from typing import Any
 from rich.console import Console
 
 from pipeline.reports.demo_report import SAMPLED, SYSTEMS, print_summary, summarize, write_summary
-from pipeline.settings.cpu_bf16 import cpu_bf16_is_native
 from pipeline.settings.demo_recipes import PROFILES, DemoProfile, fill_paths, write_recipes
 
 STAGES = ("base model", "tasks", "collect", "curate", "sft", "grpo", "eval")
@@ -72,10 +71,11 @@ def run_demo(out: Path, profile: DemoProfile, console: Console | None = None) ->
 
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
-    recipes = write_recipes(out, profile)
-    if not cpu_bf16_is_native():
-        console.print(f"[yellow]this CPU has no native bf16 (AVX512-BF16/AMX): the recipes' bf16 settings run "
-                      f"as float32 (emulated bf16 is ~20x slower; see {out / 'recipes'})")  # fmt: skip
+    recipes, float32 = write_recipes(out, profile)
+    if float32:
+        fields = "; ".join(f"{stage}: {', '.join(names)}" for stage, names in float32.items())
+        console.print(f"[yellow]this CPU has no native bf16 (AVX512-BF16/AMX; emulated it is ~20x slower): "
+                      f"float32 for {fields} (see {out / 'recipes'})")  # fmt: skip
     seconds: dict[str, float] = {}
     results: dict[str, Any] = {}
 

@@ -24,7 +24,8 @@ def test_the_probe_agrees_with_the_cpu_flags_the_kernel_reports():
 
 
 def test_without_native_bf16_the_demo_writes_float32_recipes_and_says_which_fields(tmp_path):
-    paths = write_recipes(tmp_path, FULL, bf16_native=False)
+    paths, float32 = write_recipes(tmp_path, FULL, bf16_native=False)
+    assert float32["sft"] == ["bf16"] and float32["grpo"] == ["bf16"] and "teacher" not in float32
     sft, grpo, evaluate = (yaml.safe_load(paths[n].read_text()) for n in ("sft", "grpo", "eval"))
     assert sft["bf16"] is False and grpo["bf16"] is False and sft["use_cpu"] is True
     assert {m["dtype"] for m in evaluate["models"].values() if m["kind"] == "hf"} == {"float32"}
@@ -37,7 +38,8 @@ def test_without_native_bf16_the_demo_writes_float32_recipes_and_says_which_fiel
 
 
 def test_with_native_bf16_the_recipes_are_written_as_they_stand(tmp_path):
-    paths = write_recipes(tmp_path, FULL, bf16_native=True)
+    paths, float32 = write_recipes(tmp_path, FULL, bf16_native=True)
+    assert float32 == {}
     assert yaml.safe_load(paths["sft"].read_text()) == fill_paths(FULL.recipes["sft"], tmp_path)
     assert all("float32, not bf16" not in p.read_text() for p in paths.values())
 

@@ -25,7 +25,8 @@ EXPECTED_QUICK_RECIPES = Path(__file__).parent / "fixtures" / "demo_quick_recipe
 
 def test_quick_recipes_resolve_to_the_checked_in_ones(tmp_path):
     """recipes/demo/ merged with quick.yaml, paths filled in: the recipes the quick demo has always run."""
-    paths = write_recipes(tmp_path, QUICK)
+    paths, float32 = write_recipes(tmp_path, QUICK)
+    assert float32 == {}  # the quick profile asks for no bf16, so no CPU changes it
     written = {name: yaml.safe_load(path.read_text().replace(str(tmp_path), "<out>")) for name, path in paths.items()}
     assert written == yaml.safe_load(EXPECTED_QUICK_RECIPES.read_text())
     assert all(path.read_text().startswith(f"# statelm demo (quick): stage {name}\n") for name, path in paths.items())

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pipeline.settings.config import ENVIRONMENT, load_yaml
-from pipeline.settings.cpu_bf16 import float32_where_bf16_is_slow
+from pipeline.settings.cpu_bf16 import cpu_bf16_is_native, float32_where_bf16_is_slow
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPES = REPO / "recipes" / "demo"
@@ -82,24 +82,29 @@ def fill_paths(value: Any, out: Path) -> Any:
     return value
 
 
-def write_recipes(out: Path, profile: DemoProfile, bf16_native: bool | None = None) -> dict[str, Path]:
-    """The recipe of every stage, as YAML files a user can read and re-run; paths inside are under `out`.
+def write_recipes(
+    out: Path, profile: DemoProfile, bf16_native: bool | None = None
+) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """The recipe of every stage, as YAML files a user can read and re-run (paths inside are under `out`), and
+    per stage the fields written as float32 instead of bf16.
 
     On a CPU without native bf16 the recipes' bf16 settings are written as float32 (pipeline/settings/cpu_bf16.py:
     emulated bf16 was 20x slower), with a header line naming the fields; `bf16_native` overrides the CPU probe.
     """
+    native = cpu_bf16_is_native() if bf16_native is None else bf16_native
     folder = out / "recipes"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    paths, float32 = {}, {}
     for name, recipe in profile.recipes.items():
         paths[name] = folder / f"{name}.yaml"
         header = f"# statelm demo ({profile.name}): stage {name}\n"
         resolved = fill_paths(recipe, out)
-        changed = float32_where_bf16_is_slow(resolved, bf16_native)
+        changed = float32_where_bf16_is_slow(resolved, native)
         if changed:
+            float32[name] = changed
             header += f"# float32, not bf16, for {', '.join(changed)}: this CPU has no native bf16\n"
         paths[name].write_text(header + yaml.safe_dump(resolved, sort_keys=False))
-    return paths
+    return paths, float32
 
 
 PROFILES: dict[str, DemoProfile] = {name: load_profile(name) for name in ("full", "quick")}
