@@ -3,11 +3,11 @@
 Why. A dense (n, n) mask makes sdpa on a CPU compute every query against every key (no causal block
 skipping, and its masked kernels are slower), so a packed row of n = p + sum(l_k) tokens costs more
 attention than its segments as separate rows (sum of (p + l_k)^2 / 2). This function computes the tree
-exactly, each piece once: the prefix with causal sdpa over the prefix alone (p^2 / 2), and each segment's
+exactly, each piece once: the prefix with the causal kernel over the prefix alone (p^2 / 2), and each segment's
 queries against the prefix keys (no mask: p * l_k) and against its own keys (causal: l_k^2 / 2), the two
-merged by their log-sum-exp as flash attention merges key blocks (`SegmentAttention`). The backward runs
-the flash backward kernel on each key block with the merged output and log-sum-exp, which is the exact
-gradient of attention over [prefix; segment] (as ring attention computes it). So attention costs
+merged by their log-sum-exp as flash attention merges key blocks (`TreeAttention`, one autograd node per
+row). The backward runs the flash backward kernel on each key block with the merged output and log-sum-exp,
+which is the exact gradient of attention over [prefix; segment] (as ring attention computes it). So attention costs
 p^2 / 2 + sum(p * l_k + l_k^2 / 2), less than the separate rows' sum((p + l_k)^2 / 2), and everything else
 in the model (projections, MLPs, norms, the LM head) runs on each prefix token once. It needs the CPU flash
 kernel's log-sum-exp (`aten._scaled_dot_product_flash_attention_for_cpu`); elsewhere (a GPU, dropout) each
@@ -45,51 +45,76 @@ _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", 
 _FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
-class SegmentAttention(torch.autograd.Function):
-    """A segment's queries over [prefix keys ; its own keys, causally], as two flash calls merged by log-sum-exp.
+def _empty_but_padding(like: torch.Tensor, length: int) -> torch.Tensor:
+    """An uninitialised tensor shaped like `like` (heads, positions, ...) whose positions from `length` are zero."""
+    out = torch.empty_like(like)
+    out[:, :, length:] = 0
+    return out
 
-    Inputs are (1, heads, length, dim) with the key/value heads already repeated to the query heads."""
+
+class TreeAttention(torch.autograd.Function):
+    """One row's tree as a single autograd node: the prefix causally, each segment's queries over [prefix keys ;
+    its own keys, causally] as two flash calls merged by log-sum-exp. Inputs (1, heads, n, dim) with the key/value
+    heads already repeated; the output (1, heads, n, dim) is zeros after `length`. One node, not a slice and a
+    concatenation per piece: autograd would zero-fill a full-size gradient for every slice (measured: fill_ and
+    copy_ took a fifth of a SmolLM2 shared-prefix step)."""
 
     @staticmethod
-    def forward(ctx, q, k_prefix, v_prefix, k_own, v_own, scale: float) -> torch.Tensor:
-        out_prefix, lse_prefix = _FLASH(q, k_prefix, v_prefix, 0.0, False, scale=scale)
-        out_own, lse_own = _FLASH(q, k_own, v_own, 0.0, True, scale=scale)
-        lse = torch.logaddexp(lse_prefix, lse_own)
-        out = torch.exp(lse_prefix - lse).unsqueeze(-1) * out_prefix.float()
-        out = (out + torch.exp(lse_own - lse).unsqueeze(-1) * out_own.float()).to(q.dtype)
-        ctx.save_for_backward(q, k_prefix, v_prefix, k_own, v_own, out, lse)
-        ctx.scale = scale
+    def forward(ctx, q, k, v, prefix: int, segments: tuple[int, ...], length: int, scale: float) -> torch.Tensor:
+        out = _empty_but_padding(q, length)
+        lse = _empty_but_padding(q.new_empty(q.shape[:3], dtype=torch.float32), length)
+        out[:, :, :prefix], lse[:, :, :prefix] = _FLASH(q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix], 0.0,
+                                                        True, scale=scale)  # fmt: skip
+        start = prefix
+        for size in segments:
+            end = start + size
+            q_own, k_own, v_own = (t[:, :, start:end] for t in (q, k, v))
+            out_prefix, lse_prefix = _FLASH(q_own, k[:, :, :prefix], v[:, :, :prefix], 0.0, False, scale=scale)
+            out_own, lse_own = _FLASH(q_own, k_own, v_own, 0.0, True, scale=scale)
+            merged = torch.logaddexp(lse_prefix, lse_own)
+            piece = torch.exp(lse_prefix - merged).unsqueeze(-1) * out_prefix.float()
+            out[:, :, start:end] = piece + torch.exp(lse_own - merged).unsqueeze(-1) * out_own.float()
+            lse[:, :, start:end] = merged
+            start = end
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.tree, ctx.scale = (prefix, segments, length), scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k_prefix, v_prefix, k_own, v_own, out, lse = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
+        (prefix, segments, length), scale = ctx.tree, ctx.scale
         grad = grad.contiguous()
-        dq_prefix, dk_prefix, dv_prefix = _FLASH_BACKWARD(grad, q, k_prefix, v_prefix, out, lse, 0.0, False,
-                                                          scale=ctx.scale)  # fmt: skip
-        dq_own, dk_own, dv_own = _FLASH_BACKWARD(grad, q, k_own, v_own, out, lse, 0.0, True, scale=ctx.scale)
-        return dq_prefix + dq_own, dk_prefix, dv_prefix, dk_own, dv_own, None
+        dq, dk, dv = (_empty_but_padding(t, length) for t in (q, k, v))  # every other position is written below
+        head = slice(0, prefix)
+        pieces = (t[:, :, head] for t in (grad, q, k, v, out, lse))
+        dq[:, :, head], dk[:, :, head], dv[:, :, head] = _FLASH_BACKWARD(*pieces, 0.0, True, scale=scale)
+        start = prefix
+        for size in segments:
+            own = slice(start, start + size)
+            g, q_own, o, l_own = grad[:, :, own], q[:, :, own], out[:, :, own], lse[:, :, own]
+            dq_prefix, dk_prefix, dv_prefix = _FLASH_BACKWARD(g, q_own, k[:, :, head], v[:, :, head], o, l_own, 0.0,
+                                                              False, scale=scale)  # fmt: skip
+            dq_own, dk[:, :, own], dv[:, :, own] = _FLASH_BACKWARD(g, q_own, k[:, :, own], v[:, :, own], o, l_own,
+                                                                   0.0, True, scale=scale)  # fmt: skip
+            dq[:, :, own] = dq_prefix + dq_own
+            dk[:, :, head] += dk_prefix
+            dv[:, :, head] += dv_prefix
+            start += size
+        return dq, dk, dv, None, None, None, None
 
 
-def _merged(module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, segments: list[int],
-            scaling: float | None) -> list[torch.Tensor]:  # fmt: skip
-    """The tree's outputs, (1, n, heads, dim) pieces: the prefix once, then each segment via SegmentAttention."""
+def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int, tree: tuple[int, list[int], int],
+            scaling: float | None) -> torch.Tensor:  # fmt: skip
+    """The tree's output as (1, n, heads, dim), through TreeAttention."""
     # Under autocast the projections and rotary embeddings can leave q, k and v in different dtypes; sdpa is
     # autocast to its lower precision, so the flash calls take that dtype too (as sdpa would)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
     q, k, v = (t.to(dtype) for t in (q, k, v))
-    groups = getattr(module, "num_key_value_groups", 1)
     k, v = (repeat_kv(t, groups) if groups > 1 else t for t in (k, v))
     scale = scaling if scaling is not None else 1.0 / math.sqrt(q.shape[-1])
-    pieces = [_causal(module, q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix], scaling=scaling)]
-    start = prefix
-    for size in segments:
-        end = start + size
-        q_own, k_own, v_own = (t[:, :, start:end] for t in (q, k, v))
-        out = SegmentAttention.apply(q_own, k[:, :, :prefix], v[:, :, :prefix], k_own, v_own, scale)
-        pieces.append(out.transpose(1, 2))
-        start = end
-    return pieces
+    prefix, segments, length = tree
+    return TreeAttention.apply(q, k, v, prefix, tuple(segments), length, scale).transpose(1, 2)
 
 
 def _branches(module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, segments: list[int],
@@ -132,7 +157,9 @@ def shared_prefix_attention(
         if not segments:  # an ordinary row
             pieces = [_causal(module, q[:, :, :length], k[:, :, :length], v[:, :, :length], **options)]
         elif merge and prefix > 0:
-            pieces = _merged(module, q, k, v, prefix, segments, scaling)
+            rows.append(_merged(q, k, v, getattr(module, "num_key_value_groups", 1), (prefix, segments, length),
+                                scaling))  # fmt: skip
+            continue
         else:
             pieces = _branches(module, q, k, v, prefix, segments, options)
         if length < n:
