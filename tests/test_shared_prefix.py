@@ -247,3 +247,22 @@ def test_tree_attention_takes_mixed_dtypes_under_bf16_autocast():
     out.float().sum().backward()
     assert out.dtype == torch.bfloat16 and q.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16
     assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+
+
+def test_a_batch_of_rows_attends_as_each_row_alone():
+    """Two rows in one batch (a tree, and an ordinary row with padding) give what each gives alone, gradients
+    included: the batch path slices and concatenates rows, the batch of one does not."""
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 30, 16, generator=generator).requires_grad_()
+    k, v = (torch.randn(2, 2, 30, 16, generator=generator).requires_grad_() for _ in range(2))
+    rows = [(12, [10, 8], 30), (0, [], 22)]
+    out, _ = tree_attention.shared_prefix_attention(_Heads(), q, k, v, None, **{TREE: rows})
+    out.sum().backward()
+    for b, row in enumerate(rows):
+        qb, kb, vb = (t.detach()[b : b + 1].clone().requires_grad_() for t in (q, k, v))
+        alone, _ = tree_attention.shared_prefix_attention(_Heads(), qb, kb, vb, None, **{TREE: [row]})
+        alone.sum().backward()
+        assert torch.allclose(out[b : b + 1], alone, atol=1e-6)
+        assert (out[b, row[2] :] == 0).all()
+        for got, want in zip((q, k, v), (qb, kb, vb), strict=True):
+            assert torch.allclose(got.grad[b : b + 1], want.grad, atol=1e-6)

@@ -150,22 +150,27 @@ def shared_prefix_attention(
         return sdpa_attention_forward(module, query, key, value, None, dropout, scaling, is_causal=True, **kwargs)
     options = {"dropout": dropout, "scaling": scaling, **kwargs}
     merge = _FLASH is not None and query.device.type == "cpu" and (dropout == 0 or not module.training)
-    n = query.shape[2]
-    rows = []
-    for b, (prefix, segments, length) in enumerate(tree):
-        q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
-        if not segments:  # an ordinary row
-            pieces = [_causal(module, q[:, :, :length], k[:, :, :length], v[:, :, :length], **options)]
-        elif merge and prefix > 0:
-            rows.append(_merged(q, k, v, getattr(module, "num_key_value_groups", 1), (prefix, segments, length),
-                                scaling))  # fmt: skip
-            continue
-        else:
-            pieces = _branches(module, q, k, v, prefix, segments, options)
-        if length < n:
-            pieces.append(pieces[0].new_zeros(1, n - length, *pieces[0].shape[2:]))
-        rows.append(torch.cat(pieces, dim=1))
+    if len(tree) == 1:  # the CPU recipes' batch of one: no slice or concatenation (each would copy under autograd)
+        return _row(module, query, key, value, tree[0], merge, options), None
+    rows = [_row(module, query[b : b + 1], key[b : b + 1], value[b : b + 1], row, merge, options)
+            for b, row in enumerate(tree)]  # fmt: skip
     return torch.cat(rows, dim=0), None
+
+
+def _row(module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: tuple[int, list[int], int],
+         merge: bool, options: dict[str, Any]) -> torch.Tensor:  # fmt: skip
+    """One row's attention output (1, n, heads, dim), zeros after its length."""
+    prefix, segments, length = row
+    if segments and merge and prefix > 0:  # TreeAttention writes the whole row, padding included
+        return _merged(q, k, v, getattr(module, "num_key_value_groups", 1), row, options["scaling"])
+    if not segments:  # an ordinary row
+        pieces = [_causal(module, q[:, :, :length], k[:, :, :length], v[:, :, :length], **options)]
+    else:
+        pieces = _branches(module, q, k, v, prefix, segments, options)
+    n = q.shape[2]
+    if length < n:
+        pieces.append(pieces[0].new_zeros(1, n - length, *pieces[0].shape[2:]))
+    return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
 
 
 AttentionInterface.register(NAME, shared_prefix_attention)
