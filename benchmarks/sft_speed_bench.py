@@ -11,7 +11,12 @@ step; the figure is the median step time after a warm-up step. Variants:
 
 Each line also prints the loss after the steps, so a lever that stops learning shows.
 
+`--lm-head` instead times the demo's SFT settings (compact prompts, every layer, bf16 autocast) with TRL's LM head
+scoring every position on the CPU against scoring only the trained ones (pipeline/training/lm_head.py), each twice
+in alternation, and prints the ratio.
+
     python benchmarks/sft_speed_bench.py --model runs/demo/model --threads 2
+    python benchmarks/sft_speed_bench.py --model runs/demo/model --threads 2 --lm-head
 """
 
 from __future__ import annotations
@@ -47,11 +52,14 @@ def demo_rows(model: str, compact: bool, n_tasks: int) -> list[dict[str, Any]]:
     return rows
 
 
-def time_variant(model: str, rows: list[dict[str, Any]], flags: list[str], steps: int) -> tuple[float, float]:
+def time_variant(
+    model: str, rows: list[dict[str, Any]], flags: list[str], steps: int, every_position: bool = False
+) -> tuple[float, float]:
     import datasets
     import transformers
 
     from pipeline.sft import build_trainer, make_parser
+    from pipeline.training.lm_head import score_trained_positions_only
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -65,6 +73,7 @@ def time_variant(model: str, rows: list[dict[str, Any]], flags: list[str], steps
             "--learning_rate", "1e-4", "--logging_steps", "1", "--dataloader_pin_memory", "false", *flags,
         ]  # fmt: skip
         trainer, _ = build_trainer(*make_parser().parse_args_and_config(args))
+        score_trained_positions_only(not every_position)  # the trainer turned it on; the stock path turns it off
         trainer.remove_callback(PrinterCallback)
         clock = StepClock()
         trainer.add_callback(clock)
@@ -79,8 +88,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--trainable-layers", type=int, default=10)
+    parser.add_argument("--lm-head", action="store_true", help="only the LM head comparison (see the docstring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.lm_head:
+        compare_lm_head(args.model, args.steps)
+        return
     full, compact = demo_rows(args.model, False, 4), demo_rows(args.model, True, 4)
     rows = {"full": full[: args.steps + 1], "compact": compact[: args.steps + 1]}
     for name, r in rows.items():
@@ -104,6 +117,24 @@ def main() -> None:
         baseline = baseline or seconds
         ratio = baseline / seconds
         print(f"{label}: {seconds:.2f} s/step ({ratio:.2f}x), loss after {args.steps + 1} steps {loss:.3f}", flush=True)
+
+
+def compare_lm_head(model: str, steps: int) -> None:
+    """The demo's SFT settings, LM head at every position (TRL on the CPU) vs at trained positions only."""
+    rows = demo_rows(model, True, 4)[: steps + 1]
+    tokens = [len(x["input_ids"]) for x in rows]
+    trained = sum(sum(x["completion_mask"]) for x in rows) / sum(tokens)
+    print(f"demo rows: mean {statistics.mean(tokens):.0f} tokens, {trained:.1%} trained")
+    demo = ["--bf16", "true", "--use_cpu", "true"]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for every_position in (True, False, True, False):
+        seconds, loss = time_variant(model, rows, demo, steps, every_position=every_position)
+        times[every_position].append(seconds)
+        label = "every position (TRL on CPU)" if every_position else "trained positions only"
+        print(f"LM head at {label}: {seconds:.2f} s/step, loss after {steps + 1} steps {loss:.4f}", flush=True)
+    every, trained_only = statistics.median(times[True]), statistics.median(times[False])
+    print(f"sft step: every position {every:.2f} s, trained positions only {trained_only:.2f} s "
+          f"({every / trained_only:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from pipeline.training.grpo_config import StateLMGRPOConfig
 from pipeline.training.grpo_generation import EpisodeGeneration, PlayedEpisode
 from pipeline.training.grpo_metrics import GenerationMetrics
 from pipeline.training.grpo_rows import episode_rows
+from pipeline.training.lm_head import score_trained_positions_only
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class StateLMGRPOTrainer(EpisodeGeneration, RowChunks, GenerationMetrics, GRPOTr
     def __init__(self, model, args: StateLMGRPOConfig, train_dataset: Dataset, processing_class, **kwargs):
         if args.eval_strategy != "no":
             raise ValueError("evaluation during GRPO is not supported; evaluate checkpoints with `statelm eval`")
+        score_trained_positions_only()  # the LM head at the completion's positions only, on the CPU too (exact)
         super().__init__(
             model=model,
             reward_funcs=[component_reward(name) for name in env_class(args.environment).rubric.names],

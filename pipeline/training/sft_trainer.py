@@ -12,6 +12,7 @@ import datasets
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.data.shared_prefix import shared_prefix_dataset
+from pipeline.training.lm_head import score_trained_positions_only
 from pipeline.training.shared_prefix_collator import NUM_TOKENS, SharedPrefixCollator, SharedPrefixError, mask_format
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ class StateLMSFTTrainer(SFTTrainer):
 
     card_section = ""
     extra_columns: tuple[str, ...] = ()  # dataset columns the collator reads besides TRL's
+
+    def __init__(self, *args, **kwargs):
+        score_trained_positions_only()  # the LM head's loss at trained positions only, on the CPU too (exact)
+        super().__init__(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
