@@ -11,7 +11,9 @@ re-rendered notebook) falls back to the prefix before the edit.
 One round of generation for a batch of prompts:
 1. each prompt is matched against the pool and its uncached tokens (all but the last) are prefilled alone;
 2. the caches are left-padded to one length and every sequence decodes in one batch (position ids and the
-   attention mask say where each row's tokens are, so padding changes nothing but float rounding);
+   attention mask say where each row's tokens are, so padding changes nothing but float rounding); once a quarter
+   of the rows have ended their turn, they leave the batch (on a CPU a row costs about the same per step whether
+   it still samples or only pads, and one turn's length varies from a 20-token tool call to a 100-token note);
 3. each row's cache, cut to the tokens it really holds (prompt + sampled tokens), goes back to the pool.
 
 Sampling follows HF's warpers (temperature, top-k, top-p); each row samples with its own seeded generator,
@@ -78,7 +80,8 @@ class PreallocatedLayer(DynamicLayer):
     """A cache layer whose keys and values live in one buffer sized for the whole round, written in place.
 
     `DynamicLayer` concatenates at every decoding step, copying the whole cache each time: on a CPU, at a batch of
-    32 contexts of 1,500 tokens, that copy is most of a step. Here each step writes one position."""
+    32 contexts of 1,500 tokens, that copy is most of a step. Here each step writes one position, and the rows of
+    finished sequences can be dropped (`keep_rows`)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
         super().__init__()
@@ -93,6 +96,12 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         self.keys, self.values = self.buffer_keys[:, :, :end], self.buffer_values[:, :, :end]
         return self.keys, self.values
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Only the batch rows in `index`, in that order (a copy of theirs: the others' memory is freed)."""
+        self.buffer_keys = self.buffer_keys.index_select(0, index)
+        self.buffer_values = self.buffer_values.index_select(0, index)
+        self.keys, self.values = self.buffer_keys[:, :, : self.length], self.buffer_values[:, :, : self.length]
 
 
 class PrefixPool:
@@ -204,7 +213,8 @@ class PrefixCachingGenerator:
         generators = [None if s is None else torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         warpers = settings.warpers()
         outputs: list[list[int]] = [[] for _ in prompts]
-        done = [False] * batch
+        live = list(range(batch))  # the prompt of each row of the batch
+        done = [False] * batch  # per row of the batch
         for step in range(settings.max_new_tokens):
             logits = (
                 self.model(
@@ -217,18 +227,35 @@ class PrefixCachingGenerator:
                 .logits[:, -1, :]
                 .float()
             )
-            chosen = self._sample(logits, warpers, settings.temperature, generators)
+            chosen = self._sample(logits, warpers, settings.temperature, [generators[p] for p in live])
             for row, token in enumerate(chosen):
                 if not done[row]:
-                    outputs[row].append(token)
+                    outputs[live[row]].append(token)
                     done[row] = token in self.eos_token_ids
             if all(done):
                 break
+            if sum(done) >= max(1, len(live) // 4):
+                # A finished row would decode padding until the last row ends, and on a CPU each row costs about
+                # the same per step: hand the finished rows' caches to the pool and go on without them
+                keep = [row for row, d in enumerate(done) if not d]
+                self._store(cache, prompts, pads, width, outputs, [(row, live[row]) for row, d in enumerate(done) if d])
+                mask, positions, chosen = self._keep_rows(cache, keep, mask, positions, chosen)
+                live, done = [live[row] for row in keep], [False] * len(keep)
             tokens = torch.tensor([[self.pad_token_id if d else t] for d, t in zip(done, chosen, strict=True)],
                                   device=device)  # fmt: skip
             positions = positions + 1
-        self._store(cache, prompts, pads, width, outputs)
+        self._store(cache, prompts, pads, width, outputs, list(enumerate(live)))
         return outputs
+
+    @staticmethod
+    def _keep_rows(
+        cache: DynamicCache, keep: list[int], mask: torch.Tensor, positions: torch.Tensor, chosen: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The batch cut to the rows in `keep` (the cache in place; the mask, positions and last tokens returned)."""
+        index = torch.tensor(keep, device=mask.device)
+        for layer in cache.layers:
+            layer.keep_rows(index)
+        return mask.index_select(0, index), positions.index_select(0, index), [chosen[row] for row in keep]
 
     def _batched_cache(self, cached: list[CachedSequence], pads: list[int], width: int, room: int) -> DynamicCache:
         """One cache for the batch: each row's prefix right-aligned at `width`, with `room` positions to decode."""
@@ -259,11 +286,20 @@ class PrefixCachingGenerator:
         return [int(torch.multinomial(probs[row], 1, generator=g).item()) for row, g in enumerate(generators)]
 
     def _store(
-        self, cache: DynamicCache, prompts: Sequence[Sequence[int]], pads: list[int], width: int, outputs: list
+        self,
+        cache: DynamicCache,
+        prompts: Sequence[Sequence[int]],
+        pads: list[int],
+        width: int,
+        outputs: list[list[int]],
+        rows: list[tuple[int, int]],
     ) -> None:
-        """Each row's cache holds its prompt and every sampled token but the last (never fed back)."""
-        for row, (prompt, pad, sampled) in enumerate(zip(prompts, pads, outputs, strict=True)):
+        """Into the pool, for each (batch row, prompt) of `rows`: the prompt and every sampled token but the last
+        (never fed back)."""
+        for row, prompt in rows:
+            sampled = outputs[prompt]
             end = width + len(sampled)  # prompt[:-1] fills [pad, width); then prompt[-1] and sampled[:-1]
+            pad = pads[prompt]
             layers = [(layer.keys[row : row + 1, :, pad:end].clone(), layer.values[row : row + 1, :, pad:end].clone())
                       for layer in cache.layers]  # fmt: skip
-            self.pool.put(CachedSequence([*prompt, *sampled[:-1]], layers))
+            self.pool.put(CachedSequence([*prompts[prompt], *sampled[:-1]], layers))

@@ -82,3 +82,26 @@ def test_each_row_stops_at_its_own_end_of_turn(tiny_model_dir: Path) -> None:
     assert stopped[0] == free[0][: free[0].index(stop) + 1]  # row 0 ends there, its end token included
     cut = free[1].index(stop) + 1 if stop in free[1] else 6
     assert stopped[1] == free[1][:cut]  # row 1 is unaffected by row 0 stopping
+
+
+def test_rows_that_end_leave_the_batch_with_their_cache(tiny_model_dir: Path) -> None:
+    policy = HFPolicy(tiny_model_dir, temperature=0.0, max_new_tokens=8, dtype="float32")
+    texts = ("the magic number", "a chunk of text", "search the index", "note the key")
+    prompts = [policy.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    settings = SamplingSettings(max_new_tokens=8, temperature=0.0)
+    pad = policy.tokenizer.pad_token_id
+    free = PrefixCachingGenerator(policy.model, pad, []).generate(prompts, settings)
+    stop = free[0][1]  # row 0 ends at its first or second token: the other rows decode on without it
+    generator = PrefixCachingGenerator(policy.model, pad, [stop])
+    together = generator.generate(prompts, settings)
+    alone = [PrefixCachingGenerator(policy.model, pad, [stop]).generate([p], settings)[0] for p in prompts]
+    assert together == alone
+    assert len(together[0]) <= 2 and any(len(row) > 2 for row in together[1:])
+    # the row that left first put its cache in the pool: prompt + its sampled tokens but the last, the same keys
+    # as a fresh prefill of those tokens
+    ids = [*prompts[0], *together[0][:-1]]
+    entry = next(e for e in generator.pool.entries if e.ids == ids)
+    fresh = PrefixCachingGenerator(policy.model, pad, [])._prefill([*ids, stop])
+    for (keys, values), (fresh_keys, fresh_values) in zip(entry.layers, fresh.layers, strict=True):
+        torch.testing.assert_close(keys, fresh_keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(values, fresh_values, rtol=1e-4, atol=1e-5)
