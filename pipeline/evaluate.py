@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,14 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
         policy = make_policy(systems[name])
         path = out_dir / name / "trajectories.jsonl"
         played_episodes = _episodes_for(systems[name], tasks, episodes, tokenizer, recipe)
+        started = time.perf_counter()
         try:
             run = asyncio.run(collect(played_episodes, policy, tokenizer, recipe.environment, path, grader,
                                       recipe.concurrency, recipe.rewards, progress))  # fmt: skip
             trajectories = list(iter_trajectories(path))
-            played[name] = {**episode_report(trajectories), "failed": run["failed"]}
+            # seconds: what this run spent playing (a resumed run plays only the episodes not yet written)
+            seconds = round(time.perf_counter() - started, 1)
+            played[name] = {**episode_report(trajectories), "failed": run["failed"], "seconds": seconds}
             if name == "scripted_expert":
                 # In episode order, not file order (concurrent episodes are written as they end), so the
                 # first `imitation_episodes` are the same ones on every run
@@ -92,6 +96,7 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
     if "no_tools" in recipe.baselines:
         spec = recipe.models[recipe.no_tools_model or next(iter(recipe.models))]
         policy = make_policy(spec.model_copy(update={"max_tokens": recipe.no_tools_max_output_tokens}))
+        started = time.perf_counter()
         results = asyncio.run(
             no_tools_baseline(
                 tasks,
@@ -103,7 +108,8 @@ def run_eval(recipe: EvalRecipe, progress: bool = True) -> dict[str, Any]:
                 out_dir / "no_tools" / "results.jsonl",
             )
         )
-        report["systems"]["no_tools"] = no_tools_figures(results)
+        seconds = round(time.perf_counter() - started, 1)
+        report["systems"]["no_tools"] = {**no_tools_figures(results), "seconds": seconds}
     series = {name: figures["accuracy_by_length"] for name, figures in report["systems"].items()}
     accuracy_by_length_plot(series, out_dir / "accuracy_by_length.png", "Accuracy by input length")
     report["accuracy_plot"] = "accuracy_by_length.png"

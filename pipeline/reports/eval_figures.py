@@ -94,17 +94,18 @@ def markdown_summary(report: dict[str, Any]) -> str:
         f"# Evaluation ({report['tasks']} tasks)",
         "",
         "| system | accuracy | finished | well-formed finished "
-        "| format errors / turn | mean context | peak context | mean rounds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| format errors / turn | mean context | peak context | mean rounds | seconds played |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, f in report["systems"].items():
+        seconds = f"{f['seconds']:.0f}" if "seconds" in f else "-"
         if "end_states" not in f:
-            lines.append(f"| {name} | {f['accuracy']:.0%} | - | - | - | - | - | - |")
+            lines.append(f"| {name} | {f['accuracy']:.0%} | - | - | - | - | - | - | {seconds} |")
             continue
         lines.append(
             f"| {name} | {f['accuracy']:.0%} | {f['finish_rate']:.0%} | {f['well_formed_finish_rate']:.0%} | "
             f"{f['format_error_rate']:.2f} | {f['mean_context_tokens']:.0f} | {f['peak_context_tokens']} | "
-            f"{f['mean_rounds']:.1f} |"
+            f"{f['mean_rounds']:.1f} | {seconds} |"
         )
     buckets = sorted(
         {b for f in report["systems"].values() for b in f["accuracy_by_length"]},

@@ -105,3 +105,14 @@ def test_rows_that_end_leave_the_batch_with_their_cache(tiny_model_dir: Path) ->
     for (keys, values), (fresh_keys, fresh_values) in zip(entry.layers, fresh.layers, strict=True):
         torch.testing.assert_close(keys, fresh_keys, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(values, fresh_values, rtol=1e-4, atol=1e-5)
+
+
+def test_every_episode_of_a_round_finds_its_cache_next_round(tiny_model_dir: Path) -> None:
+    # more episodes in play than one batch holds (as eval's 64 episodes in batches of 16)
+    policy = HFPolicy(tiny_model_dir, temperature=0.0, max_new_tokens=4, dtype="float32", max_batch_size=2)
+    contexts = [[{"role": "user", "content": f"question {i}: where is needle {i * 7919}?"}] for i in range(16)]
+    policy.generate_batch(contexts, [[] for _ in contexts], [None] * len(contexts))
+    pool = policy.generator.pool
+    misses = pool.misses
+    policy.generate_batch(contexts, [[] for _ in contexts], [None] * len(contexts))
+    assert pool.misses - misses == len(contexts)  # only each prompt's last token: the rest came from its own cache
