@@ -8,6 +8,10 @@ Also at bfloat16 weights (the demo's eval setting) and the share of prompt token
 decisions should agree (up to float rounding in padded batches): the accuracy of both is printed.
 
     python benchmarks/generation_bench.py --model runs/demo/sft --tasks 8 --threads 2
+
+`--eval-settings` plays only the demo eval's way (bfloat16 weights, batches of `--max-batch-size` 16, `--concurrency`
+64 episodes in play) and prints one line, to time one tree against another (e.g. a worktree of an older commit
+first on PYTHONPATH) with the same command.
 """
 
 from __future__ import annotations
@@ -47,13 +51,23 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--eval-settings", action="store_true", help="only the demo eval's way of playing")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tasks = generate_niah(args.tasks, 500, 2000, seed=100, tokenizer=tokenizer, templates="heldout")
     config = EnvConfig(max_context_tokens=8192, max_output_tokens=args.max_new_tokens, max_rounds=24,
-                       compact_prompts=True)  # fmt: skip
+                       compact_prompts=True, search_top_k=5)  # fmt: skip
     common = {"temperature": 0.0, "max_new_tokens": args.max_new_tokens}
+    if args.eval_settings:
+        policy = HFPolicy(args.model, dtype="bfloat16", max_batch_size=args.max_batch_size, **common)
+        seconds, accuracy, turns = play(policy, tasks, tokenizer, config, args.concurrency)
+        pool = policy.generator.pool
+        print(f"eval settings (bf16, batches of {args.max_batch_size}, {args.concurrency} in play): {seconds:.1f} s "
+              f"for {turns} turns, accuracy {accuracy:.0%}, prompt tokens computed {pool.misses}")  # fmt: skip
+        return
     before = HFPolicy(args.model, dtype="float32", prefix_cache=False, **common)
     seconds_before, accuracy_before, turns = play(before, tasks, tokenizer, config, 1)
     print(f"before (generate per turn, fp32): {seconds_before:.1f} s for {turns} turns, accuracy {accuracy_before:.0%}")

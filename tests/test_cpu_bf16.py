@@ -25,9 +25,11 @@ def test_the_probe_agrees_with_the_cpu_flags_the_kernel_reports():
 
 def test_without_native_bf16_the_demo_writes_float32_recipes_and_says_which_fields(tmp_path):
     paths, float32 = write_recipes(tmp_path, FULL, bf16_native=False)
-    assert float32["sft"] == ["bf16"] and float32["grpo"] == ["bf16"] and "teacher" not in float32
+    assert float32["sft"] == ["bf16"] and float32["grpo"] == ["bf16", "generation_dtype"]
+    assert "teacher" not in float32
     sft, grpo, evaluate = (yaml.safe_load(paths[n].read_text()) for n in ("sft", "grpo", "eval"))
     assert sft["bf16"] is False and grpo["bf16"] is False and sft["use_cpu"] is True
+    assert grpo["generation_dtype"] is None
     assert {m["dtype"] for m in evaluate["models"].values() if m["kind"] == "hf"} == {"float32"}
     assert "# float32, not bf16, for bf16: this CPU has no native bf16" in paths["sft"].read_text()
     assert "models.sft_t1.dtype" in paths["eval"].read_text().splitlines()[1]

@@ -295,6 +295,35 @@ def test_grpo_rows_train_the_sampled_ids_with_their_logprobs(trainer, tokenizer)
         assert tokenizer(text, add_special_tokens=False)["input_ids"] != trained[:-1], "re-encoding differs"
 
 
+def test_generation_dtype_plays_with_a_refreshed_bf16_copy(micro_model_dir, tmp_path):
+    """`generation_dtype: bfloat16`: episodes are played by a bf16 copy of the weights being trained (its own
+    forward, not the training model's), refreshed from the trained weights at the next generation."""
+    from pipeline.tasks.schema import Task
+
+    recipe = small_recipe(tmp_path / "r.yaml", micro_model_dir, tmp_path / "out", generation_dtype="bfloat16")
+    trainer = build_trainer(*make_parser().parse_args_and_config(["--config", str(recipe)]))
+    task = Task.model_validate_json(trainer.train_dataset[0]["task"])
+    episodes = trainer._play([task, task], ["a#0", "a#1"])
+    assert all(turn.token_ids for e in episodes for turn in e.trajectory.turns)
+    copy = trainer._generation_model
+    assert copy is not trainer.model and {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    ids = torch.tensor([[1, 2, 3]])
+    assert copy(input_ids=ids).logits.dtype == torch.bfloat16  # its own forward, not the fp32 model's
+    with torch.no_grad():  # a training step's change of the weights reaches the copy at the next generation
+        for p in trainer.model.parameters():
+            p.add_(0.5)
+    trainer._play([task, task], ["b#0", "b#1"])
+    assert trainer._generation_model is copy
+    for (name, p), q in zip(trainer.model.named_parameters(), copy.parameters(), strict=True):
+        assert torch.equal(q, p.detach().to(torch.bfloat16)), name
+
+
+def test_generation_dtype_is_checked(micro_model_dir, tmp_path):
+    recipe = small_recipe(tmp_path / "r.yaml", micro_model_dir, tmp_path / "out", generation_dtype="int8")
+    with pytest.raises(ValueError, match="generation_dtype must be one of"):
+        make_parser().parse_args_and_config(["--config", str(recipe)])
+
+
 # -- end to end ------------------------------------------------------------------------------------------------
 
 

@@ -173,7 +173,8 @@ class HFPolicy:
         with self._thread_lock:
             # Room in the pool for every context of this round (and its branches), so that the next round finds
             # each episode's cache: with more episodes in play than one batch holds (eval's concurrency 64, batches
-            # of 16), a pool sized for one batch evicted the first batches' caches before their next turn
+            # of 16), a pool sized for one batch evicted the first batches' caches before their next turn. Its
+            # bytes stay bounded (PrefixPool.max_bytes)
             pool = self.generator.pool
             pool.max_entries = max(pool.max_entries, 2 * len(prompts) + 8)
             for start in range(0, len(prompts), self.max_batch_size):

@@ -37,6 +37,10 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+# The pool's default memory bound. The demo's eval (64 SmolLM2 episodes in play, bf16) needs ~2-3 GB for the live
+# episodes' sequences; without a bound on bytes, the sequences episodes left behind filled a 24 GB machine (killed).
+DEFAULT_POOL_BYTES = 4 * 2**30
+
 
 @dataclass
 class CachedSequence:
@@ -44,6 +48,10 @@ class CachedSequence:
 
     ids: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
 
 
 @dataclass
@@ -105,11 +113,17 @@ class PreallocatedLayer(DynamicLayer):
 
 
 class PrefixPool:
-    """Recently computed sequences, matched by their longest common token prefix with a new prompt."""
+    """Recently computed sequences, matched by their longest common token prefix with a new prompt.
 
-    def __init__(self, max_entries: int) -> None:
+    Bounded by a count and by the bytes their keys and values hold, the oldest evicted first: a live episode's
+    sequence is taken and put back every round, so what ages out is the sequences episodes left behind (the
+    context before an edit, finished episodes)."""
+
+    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.entries: list[CachedSequence] = []
+        self.nbytes = 0  # held by the entries
         self.hits = self.misses = 0  # tokens reused / tokens computed, for the benchmark and logs
 
     def take(self, ids: Sequence[int]) -> CachedSequence | None:
@@ -129,16 +143,20 @@ class PrefixPool:
             return None
         entry = self.entries[best]
         if best_length == len(entry.ids):
+            self.nbytes -= entry.nbytes
             return self.entries.pop(best)
         return CachedSequence(entry.ids[:best_length], [(k[:, :, :best_length], v[:, :, :best_length]) for k, v in
                                                         entry.layers])  # fmt: skip
 
     def put(self, entry: CachedSequence) -> None:
         self.entries.append(entry)
-        del self.entries[: max(0, len(self.entries) - self.max_entries)]  # oldest first
+        self.nbytes += entry.nbytes
+        while len(self.entries) > self.max_entries or (self.max_bytes is not None and self.nbytes > self.max_bytes):
+            self.nbytes -= self.entries.pop(0).nbytes  # oldest first
 
     def clear(self) -> None:
         self.entries.clear()
+        self.nbytes = 0
 
 
 class PrefixCachingGenerator:
@@ -148,11 +166,18 @@ class PrefixCachingGenerator:
     weights that computed them.
     """
 
-    def __init__(self, model: Any, pad_token_id: int, eos_token_ids: Sequence[int], max_entries: int = 64) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pad_token_id: int,
+        eos_token_ids: Sequence[int],
+        max_entries: int = 64,
+        max_bytes: int | None = DEFAULT_POOL_BYTES,
+    ) -> None:
         self.model = model
         self.pad_token_id = pad_token_id
         self.eos_token_ids = set(eos_token_ids)
-        self.pool = PrefixPool(max_entries)
+        self.pool = PrefixPool(max_entries, max_bytes)
 
     def clear(self) -> None:
         self.pool.clear()

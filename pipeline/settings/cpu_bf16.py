@@ -28,8 +28,9 @@ def cpu_bf16_is_native() -> bool:
 def float32_where_bf16_is_slow(recipe: dict[str, Any], native: bool | None = None) -> list[str]:
     """Turn a CPU recipe's bf16 settings to float32 in place when bf16 is not native here; the changed fields.
 
-    Touches only what runs on the CPU: a training recipe's `bf16` when it also says `use_cpu`, and the
-    `dtype: bfloat16` of local HF policies (`models.<name>` of an eval recipe, `policy` of a collect recipe).
+    Touches only what runs on the CPU: a training recipe's `bf16` and GRPO's `generation_dtype: bfloat16` when it
+    also says `use_cpu`, and the `dtype: bfloat16` of local HF policies (`models.<name>` of an eval recipe,
+    `policy` of a collect recipe).
     """
     if native if native is not None else cpu_bf16_is_native():
         return []
@@ -37,6 +38,9 @@ def float32_where_bf16_is_slow(recipe: dict[str, Any], native: bool | None = Non
     if recipe.get("bf16") and recipe.get("use_cpu"):
         recipe["bf16"] = False
         changed.append("bf16")
+    if recipe.get("generation_dtype") == "bfloat16" and recipe.get("use_cpu"):
+        recipe["generation_dtype"] = None  # GRPO then plays with its float32 training weights
+        changed.append("generation_dtype")
     policies = {f"models.{k}": v for k, v in (recipe.get("models") or {}).items()}
     if isinstance(recipe.get("policy"), dict):
         policies["policy"] = recipe["policy"]

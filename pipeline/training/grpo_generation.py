@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class EpisodeGeneration:
     """Plays a generation's local episodes (mixed into StateLMGRPOTrainer)."""
 
     _generator: PrefixCachingGenerator | None = None  # set while a generation plays (prefix_cache)
+    _generation_model: Any = None  # the generation_dtype copy of the weights, refreshed at every generation
 
     def _play(self, tasks: list[Task], episode_ids: list[str]) -> list[PlayedEpisode]:
         """All local episodes through the one episode loop (pipeline/play/episodes.py), in lockstep rounds of batched
@@ -109,12 +111,30 @@ class EpisodeGeneration:
         ):  # fmt: skip
             pad_id = self._tokenizer.pad_token_id
             entries = 2 * self.args.episodes_per_process + 8
-            self._generator = PrefixCachingGenerator(unwrapped, pad_id, self.eos_token_ids, max_entries=entries)
+            model = unwrapped if self.args.generation_dtype is None else self._generation_copy(unwrapped)
+            self._generator = PrefixCachingGenerator(model, pad_id, self.eos_token_ids, max_entries=entries)
             try:
                 yield
             finally:
                 self._generator.clear()
                 self._generator = None
+
+    def _generation_copy(self, model: Any) -> Any:
+        """The weights being trained, copied into a generation-only model of `generation_dtype` (made once, then
+        refreshed at every generation, as a vLLM engine's weights are synced)."""
+        dtype = getattr(torch, self.args.generation_dtype)
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ValueError("generation_dtype needs whole weights on each process: not with ZeRO-3")
+        if self._generation_model is None:
+            clone = copy.deepcopy(model)
+            for module in clone.modules():
+                # TRL's fused LM head is a bound method on the instance whose closure calls the *original* model's
+                # forward: the copy takes its class's own forward instead
+                module.__dict__.pop("forward", None)
+            self._generation_model = clone.to(dtype).eval().requires_grad_(False)
+        else:
+            self._generation_model.load_state_dict(model.state_dict())  # copy_ casts to the copy's dtype
+        return self._generation_model
 
     def _generation_is_collective(self) -> bool:
         """Whether a generation call needs every process (then all processes run the same number of rounds)."""

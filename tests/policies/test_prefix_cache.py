@@ -116,3 +116,19 @@ def test_every_episode_of_a_round_finds_its_cache_next_round(tiny_model_dir: Pat
     misses = pool.misses
     policy.generate_batch(contexts, [[] for _ in contexts], [None] * len(contexts))
     assert pool.misses - misses == len(contexts)  # only each prompt's last token: the rest came from its own cache
+
+
+def test_pool_bytes_stay_within_their_bound_oldest_out_first() -> None:
+    from pipeline.policies.prefix_cache import CachedSequence
+
+    def sequence(first: int, length: int) -> CachedSequence:  # one layer of float32 keys and values
+        return CachedSequence(list(range(first, first + length)), [(torch.zeros(1, 1, length, 1),) * 2])
+
+    pool = PrefixPool(max_entries=100, max_bytes=3 * 2 * 4 * 10)  # three sequences of 10 tokens
+    for first in (0, 100, 200):
+        pool.put(sequence(first, 10))
+    assert pool.nbytes == 3 * 80
+    pool.put(sequence(300, 10))  # over the bound: the oldest goes
+    assert [e.ids[0] for e in pool.entries] == [100, 200, 300] and pool.nbytes == 3 * 80
+    taken = pool.take(list(range(200, 215)))  # handed over: its bytes leave the pool with it
+    assert taken.ids[0] == 200 and pool.nbytes == 2 * 80
