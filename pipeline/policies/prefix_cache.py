@@ -37,6 +37,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from pipeline.policies.memory import return_freed_memory
+
 # The pool's default memory bound. The demo's eval (64 SmolLM2 episodes in play, bf16) needs ~2-3 GB for the live
 # episodes' sequences; without a bound on bytes, the sequences episodes left behind filled a 24 GB machine (killed).
 DEFAULT_POOL_BYTES = 4 * 2**30
@@ -193,7 +195,10 @@ class PrefixCachingGenerator:
             raise ValueError("PrefixCachingGenerator: empty prompt")
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         cached = [self._prefill(list(p)) for p in prompts]
-        return self._decode(prompts, cached, settings, seeds)
+        outputs = self._decode(prompts, cached, settings, seeds)
+        del cached
+        return_freed_memory()
+        return outputs
 
     def _prefill(self, ids: list[int]) -> CachedSequence:
         """Keys and values of all but the last prompt token, computing only what the pool does not hold."""
