@@ -75,6 +75,9 @@ def test_eval_reports_model_and_baselines_with_plots(tiny_model_dir, tmp_path):
     actions = set(imitation["exact_turn_rate_by_action"])
     assert {"buildIndex", "searchEngine", "note", "deleteContext", "finish"} <= actions
     assert "Imitation of the expert" in markdown
+    # each system says how long it played (the demo's eval is most of its time)
+    assert all(systems[name]["seconds"] > 0 for name in ("random", "scripted_expert", "no_tools"))
+    assert "seconds played" in markdown
 
 
 class _Oracle(torch.nn.Module):

@@ -29,7 +29,8 @@ _MALLOC_TRIM = _glibc_malloc_trim()
 
 def return_freed_memory() -> bool:
     """Hand the pages that freed tensors left in glibc's heaps back to the system (`malloc_trim(0)`, every
-    arena); whether it could. Called once per generation round, which takes seconds; this takes milliseconds."""
+    arena); whether it could. Called after every `PrefixCachingGenerator.generate` (one batch of a round, which
+    takes seconds; this takes milliseconds)."""
     if _MALLOC_TRIM is None:
         return False
     _MALLOC_TRIM(0)

@@ -99,6 +99,14 @@ def test_rows_that_end_leave_the_batch_with_their_cache(tiny_model_dir: Path) ->
     assert len(together[0]) <= 2 and any(len(row) > 2 for row in together[1:])
     # the row that left first put its cache in the pool: prompt + its sampled tokens but the last, the same keys
     # as a fresh prefill of those tokens
+    # sampled: each row keeps its own seeded generator after the batch shrinks
+    sampled = SamplingSettings(max_new_tokens=8, temperature=1.0)
+    free = PrefixCachingGenerator(policy.model, pad, []).generate(prompts, sampled, [1, 2, 3, 4])
+    stop_sampled = free[0][1]
+    rows = PrefixCachingGenerator(policy.model, pad, [stop_sampled]).generate(prompts, sampled, [1, 2, 3, 4])
+    each = [PrefixCachingGenerator(policy.model, pad, [stop_sampled]).generate([p], sampled, [s])[0]
+            for p, s in zip(prompts, [1, 2, 3, 4], strict=True)]  # fmt: skip
+    assert rows == each and len(rows[0]) <= 2
     ids = [*prompts[0], *together[0][:-1]]
     entry = next(e for e in generator.pool.entries if e.ids == ids)
     fresh = PrefixCachingGenerator(policy.model, pad, [])._prefill([*ids, stop])
