@@ -99,6 +99,12 @@ def test_rows_that_end_leave_the_batch_with_their_cache(tiny_model_dir: Path) ->
     assert len(together[0]) <= 2 and any(len(row) > 2 for row in together[1:])
     # the row that left first put its cache in the pool: prompt + its sampled tokens but the last, the same keys
     # as a fresh prefill of those tokens
+    ids = [*prompts[0], *together[0][:-1]]
+    entry = next(e for e in generator.pool.entries if e.ids == ids)
+    fresh = PrefixCachingGenerator(policy.model, pad, [])._prefill([*ids, stop])
+    for (keys, values), (fresh_keys, fresh_values) in zip(entry.layers, fresh.layers, strict=True):
+        torch.testing.assert_close(keys, fresh_keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(values, fresh_values, rtol=1e-4, atol=1e-5)
     # sampled: each row keeps its own seeded generator after the batch shrinks
     sampled = SamplingSettings(max_new_tokens=8, temperature=1.0)
     free = PrefixCachingGenerator(policy.model, pad, []).generate(prompts, sampled, [1, 2, 3, 4])
@@ -106,13 +112,8 @@ def test_rows_that_end_leave_the_batch_with_their_cache(tiny_model_dir: Path) ->
     rows = PrefixCachingGenerator(policy.model, pad, [stop_sampled]).generate(prompts, sampled, [1, 2, 3, 4])
     each = [PrefixCachingGenerator(policy.model, pad, [stop_sampled]).generate([p], sampled, [s])[0]
             for p, s in zip(prompts, [1, 2, 3, 4], strict=True)]  # fmt: skip
-    assert rows == each and len(rows[0]) <= 2
-    ids = [*prompts[0], *together[0][:-1]]
-    entry = next(e for e in generator.pool.entries if e.ids == ids)
-    fresh = PrefixCachingGenerator(policy.model, pad, [])._prefill([*ids, stop])
-    for (keys, values), (fresh_keys, fresh_values) in zip(entry.layers, fresh.layers, strict=True):
-        torch.testing.assert_close(keys, fresh_keys, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(values, fresh_values, rtol=1e-4, atol=1e-5)
+    assert rows == each
+    assert len(rows[0]) <= 2 and any(len(row) > 2 for row in rows[1:])  # the batch did shrink
 
 
 def test_every_episode_of_a_round_finds_its_cache_next_round(tiny_model_dir: Path) -> None:
