@@ -146,7 +146,8 @@ class ScriptedExpert:
         if "buildIndex" not in seen:
             budget = next((t.body for t in tool_msgs if t.tool == "checkBudget" and not t.stub), "")
             available = int(m.group(1)) if (m := _AVAILABLE.search(budget)) else self.chunk_size * 4
-            size = max(256, min(self.chunk_size, int(available * self.fill_fraction)))
+            # a tight budget shrinks chunks, not below 256 tokens (or the teacher's own size, when it is smaller)
+            size = max(min(256, self.chunk_size), min(self.chunk_size, int(available * self.fill_fraction)))
             return ToolCall("buildIndex", {"chunk_size": size, "overlap": min(self.overlap, size // 4)}), True
         plan = _goals(question, notes)
         if plan is None:

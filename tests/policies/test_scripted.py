@@ -131,3 +131,13 @@ def test_policy_spec_recovery_share_reaches_the_expert():
     policy = make_policy(PolicySpec(kind="scripted", chunk_size=512, recovery_share=0.25))
     assert policy.pensieve.recovery_share == 0.25 and policy.pensieve.chunk_size == 512
     assert make_policy(PolicySpec(kind="scripted")).pensieve.recovery_share == 0.0
+
+
+def test_small_chunks_are_built_as_asked_and_still_solve(tokenizer):
+    """The demo's teacher reads 96-token chunks so that training inputs of ~3K tokens have two-digit chunk ids."""
+    for task in generate_niah(3, 2500, 3500, seed=19, tokenizer=tokenizer, templates="train"):
+        traj = play(task, tokenizer, chunk_size=96)
+        build = next(turn for turn in traj.turns if turn.action == "buildIndex")
+        assert build.tool_calls[0]["arguments"]["chunk_size"] == 96
+        assert "chunks of up to 96 tokens" in results(traj)[calls(traj).index("buildIndex")]
+        assert traj.correct and traj.format_errors == 0, (task.question, traj.answer)
