@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from pipeline.demo import PROFILES, SAMPLED, STAGES, SYSTEMS, write_recipes
+from pipeline.settings.demo_recipes import DEMO_RECIPES, load_profile
 
 QUICK = PROFILES["quick"]
 EXPECTED_QUICK_RECIPES = Path(__file__).parent / "fixtures" / "demo_quick_recipes.yaml"
@@ -44,6 +46,17 @@ def test_full_profile_differs_from_quick_only_where_quick_yaml_says():
     for profile in (full, QUICK):  # env.yaml: every stage that plays one plays the same environment
         environments = [profile.recipes[s]["environment"] for s in ("teacher", "curate", "grpo", "eval")]
         assert all(e == environments[0] for e in environments)
+
+
+def test_training_inputs_as_long_as_the_long_held_out_split_are_refused(tmp_path):
+    """The 4K-32K split measures inputs longer than any training input: a demo.yaml that trains on 4K is an error."""
+    folder = tmp_path / "recipes"
+    shutil.copytree(DEMO_RECIPES, folder)
+    demo = yaml.safe_load((folder / "demo.yaml").read_text())
+    (folder / "demo.yaml").write_text(yaml.safe_dump({**demo, "max_tokens": 4000}))
+    with pytest.raises(ValueError, match=r"demo.yaml: max_tokens \(4000\) must be below 4000"):
+        load_profile("full", folder)
+    assert load_profile("quick", DEMO_RECIPES).max_tokens < 4000 and PROFILES["full"].max_tokens < 4000
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.settings.demo_recipes import LONG_HELDOUT_TOKENS
+
 SYSTEMS = ("untrained", "sft", "grpo")  # the models evaluated, in training order
 SAMPLED = ("sft_t1", "grpo_t1")  # the trained models again at temperature 1.0
 
@@ -24,7 +26,8 @@ def split_figures(out: Path, name: str) -> dict[str, float | None]:
     external = [t for t in episodes if t.task_id.startswith("external")]
     generated = [t for t in episodes if not t.task_id.startswith("external")]
     short = [t for t in generated if (t.input_tokens or 0) <= 2000]
-    long = [t for t in generated if 4000 <= (t.input_tokens or 0) <= 32000]
+    low, high = LONG_HELDOUT_TOKENS
+    long = [t for t in generated if low <= (t.input_tokens or 0) <= high]
 
     def rate(items: list, ok) -> float | None:
         return sum(bool(ok(t)) for t in items) / len(items) if items else None

@@ -21,6 +21,7 @@ from pipeline.settings.cpu_bf16 import cpu_bf16_is_native, float32_where_bf16_is
 REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPES = REPO / "recipes" / "demo"
 STAGE_RECIPES = ("teacher", "curate", "sft", "grpo", "eval")
+LONG_HELDOUT_TOKENS = (4000, 32000)  # input lengths of the long held-out split
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class DemoProfile:
     grpo_distractors: int
     tiny_model: dict[str, int] = field(default_factory=dict)  # build_tiny_model's sizes (base == "tiny")
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> recipe, environment inlined
+
+    def __post_init__(self) -> None:
+        if self.max_tokens >= LONG_HELDOUT_TOKENS[0]:  # the long split would no longer be longer than training's inputs
+            raise ValueError(
+                f"demo.yaml: max_tokens ({self.max_tokens}) must be below {LONG_HELDOUT_TOKENS[0]}, the shortest input "
+                "of the long held-out split, which measures inputs longer than any training input"
+            )
 
     def settings(self) -> dict[str, Any]:
         """The profile without its recipes (they are written beside the run's summary)."""
