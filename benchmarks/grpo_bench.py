@@ -25,6 +25,7 @@ from trl import GRPOConfig, GRPOTrainer
 from pipeline.env.pensieve import EnvConfig, PensieveEnv
 from pipeline.grpo import build_trainer, make_parser
 from pipeline.models.tiny import build_tiny_model
+from pipeline.settings.trl_recipe import parse_recipe
 from pipeline.tasks.generators import generate_niah
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +38,11 @@ def ours(model: str, out: Path, args: argparse.Namespace, clock: StepClock):
         "--max_segments_per_episode", str(args.max_segments), "--per_device_train_batch_size", "1",
         "--max_steps", str(args.steps), "--beta", "0.001",
         # the per-turn cap is the environment's (GRPO's max_completion_length follows it)
-        "--environment", f'{{"max_format_errors": {args.turns}, "max_rounds": {args.turns}, '
-        f'"max_output_tokens": {args.completion}}}',
+        "--environment.max_format_errors", str(args.turns), "--environment.max_rounds", str(args.turns),
+        "--environment.max_output_tokens", str(args.completion),
         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--log_level", "error",
     ]  # fmt: skip
-    trainer = build_trainer(*make_parser().parse_args_and_config(flags))
+    trainer = build_trainer(*parse_recipe(make_parser(), flags))  # as `statelm grpo` parses its command line
     trainer.add_callback(clock)
     return trainer
 

@@ -86,6 +86,13 @@ def test_grpo_per_turn_cap_is_set_only_in_the_environment(tmp_path):
     assert result.exit_code == 1 and "set environment.max_output_tokens instead" in result.output
 
 
+def test_grpo_environment_given_whole_on_the_command_line_says_how_to_set_a_field():
+    result = CliRunner().invoke(app, ["grpo", "--config", str(ROOT / "recipes/tiny/grpo.yaml"),
+                                      "--environment", '{"max_rounds": 2}'])  # fmt: skip
+    assert result.exit_code == 1 and "set one field with --environment.<field> value" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_grpo_config_built_in_code_follows_the_environment_cap_or_says_why_not(tmp_path):
     from pipeline.training.grpo_config import StateLMGRPOConfig
 
