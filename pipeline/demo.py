@@ -19,7 +19,14 @@ from typing import Any
 from rich.console import Console
 
 from pipeline.reports.demo_report import SAMPLED, SYSTEMS, print_summary, summarize, write_summary
-from pipeline.settings.demo_recipes import LONG_HELDOUT_TOKENS, PROFILES, DemoProfile, fill_paths, write_recipes
+from pipeline.settings.demo_recipes import (
+    LONG_HELDOUT_TOKENS,
+    PROFILES,
+    SHORT_HELDOUT_MAX_TOKENS,
+    DemoProfile,
+    fill_paths,
+    write_recipes,
+)
 
 STAGES = ("base model", "tasks", "collect", "curate", "sft", "grpo", "eval")
 __all__ = ["PROFILES", "SAMPLED", "STAGES", "SYSTEMS", "DemoProfile", "run_demo", "write_recipes"]
@@ -37,8 +44,8 @@ def make_tasks(out: Path, profile: DemoProfile) -> dict[str, Any]:
                           templates="train")  # fmt: skip
     grpo = generate_niah(profile.grpo_tasks, profile.min_tokens, profile.max_tokens, seed=200, tokenizer=tokenizer,
                          templates="train", n_distractors=profile.grpo_distractors, prefix="grpo")  # fmt: skip
-    heldout = generate_niah(profile.heldout_short, profile.min_tokens, 2000, seed=100, tokenizer=tokenizer,
-                            templates="heldout")  # fmt: skip
+    heldout = generate_niah(profile.heldout_short, profile.min_tokens, SHORT_HELDOUT_MAX_TOKENS, seed=100,
+                            tokenizer=tokenizer, templates="heldout")  # fmt: skip
     heldout += generate_niah(profile.heldout_long, *LONG_HELDOUT_TOKENS, seed=101, tokenizer=tokenizer,
                              templates="heldout")  # fmt: skip
     written = {str(out / "tasks" / f"{name}.jsonl") for name in ("train", "grpo", "heldout")}

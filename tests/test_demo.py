@@ -56,7 +56,6 @@ def test_training_inputs_as_long_as_the_long_held_out_split_are_refused(tmp_path
     (folder / "demo.yaml").write_text(yaml.safe_dump({**demo, "max_tokens": 4000}))
     with pytest.raises(ValueError, match=r"demo.yaml: max_tokens \(4000\) must be below 4000"):
         load_profile("full", folder)
-    assert load_profile("quick", DEMO_RECIPES).max_tokens < 4000 and PROFILES["full"].max_tokens < 4000
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,6 @@ def env_config(data: Any) -> BaseModel:
     """Validate a recipe's `env:` section with the config model of its `kind` (default pensieve)."""
     if isinstance(data, BaseModel):
         return data
-    if isinstance(data, str):  # `--environment <anything>` on a command line: only a recipe resolves a file name
-        raise ValueError(
-            f"environment: a mapping of fields is expected, got the string {data!r}; in a recipe, `environment:` is a "
-            "mapping or an env file's path; on the command line set one field with --environment.<field> value"
-        )
     data = dict(data or {})
     kind = data.setdefault("kind", "pensieve")
     if kind not in ENVIRONMENTS:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.settings.demo_recipes import LONG_HELDOUT_TOKENS
+from pipeline.settings.demo_recipes import LONG_HELDOUT_TOKENS, SHORT_HELDOUT_MAX_TOKENS
 
 SYSTEMS = ("untrained", "sft", "grpo")  # the models evaluated, in training order
 SAMPLED = ("sft_t1", "grpo_t1")  # the trained models again at temperature 1.0
@@ -25,7 +25,7 @@ def split_figures(out: Path, name: str) -> dict[str, float | None]:
     episodes = list(iter_trajectories(path)) if path.exists() else []
     external = [t for t in episodes if t.task_id.startswith("external")]
     generated = [t for t in episodes if not t.task_id.startswith("external")]
-    short = [t for t in generated if (t.input_tokens or 0) <= 2000]
+    short = [t for t in generated if (t.input_tokens or 0) <= SHORT_HELDOUT_MAX_TOKENS]
     low, high = LONG_HELDOUT_TOKENS
     long = [t for t in generated if low <= (t.input_tokens or 0) <= high]
 

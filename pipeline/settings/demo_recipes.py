@@ -21,6 +21,7 @@ from pipeline.settings.cpu_bf16 import cpu_bf16_is_native, float32_where_bf16_is
 REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPES = REPO / "recipes" / "demo"
 STAGE_RECIPES = ("teacher", "curate", "sft", "grpo", "eval")
+SHORT_HELDOUT_MAX_TOKENS = 2000  # the short held-out split: inputs from demo.yaml's min_tokens to this
 LONG_HELDOUT_TOKENS = (4000, 32000)  # input lengths of the long held-out split
 
 

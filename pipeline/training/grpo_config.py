@@ -137,6 +137,11 @@ class StateLMGRPOConfig(GRPOConfig):
             )
         self.steps_per_generation = self.gradient_accumulation_steps = steps
         # The sections ours reads later are checked now (each once), so a bad recipe fails before any model loads
+        if isinstance(self.environment, str):  # `--environment <anything>`: only a recipe resolves an env file's path
+            raise ValueError(
+                f"environment: a mapping of fields is expected, got the string {self.environment!r}; on the command "
+                "line set one field with --environment.<field> value"
+            )
         env = _checked("environment", env_config, self.environment)
         if self.curriculum is not None:
             _checked("curriculum", CurriculumConfig.model_validate, self.curriculum)
