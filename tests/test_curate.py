@@ -16,8 +16,10 @@ from pipeline.cli import app
 from pipeline.collect import run_collect
 from pipeline.curate import CurateRecipe, load_curate_recipe, run_curate
 from pipeline.data.balance import balance_turns, keep_counts
+from pipeline.data.reject import rejection_reasons
 from pipeline.data.trajectory import Trajectory
 from pipeline.data.trajectory_files import iter_trajectories
+from pipeline.settings.curate_recipe import FilterConfig
 from pipeline.settings.recipe import CollectRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,6 +316,27 @@ def test_recovery_episodes_keep_the_failed_search_as_context_with_mask_0(tiny_mo
         assert failed_text in tokenizer.decode(row["input_ids"][: row["spans"][position][0]])
         trained_text = tokenizer.decode([i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m])
         assert failed_text not in trained_text
+
+
+def test_a_rehearsed_failed_note_neither_rejects_its_episode_nor_is_trained(tiny_model_dir, tmp_path):
+    """Reject sampling counts the format errors of trained turns only: the teacher's deliberate key-only note
+    (untrained) must not cost the episode that teaches the retry, and a student error still does."""
+    recipe = CollectRecipe(
+        output_dir=str(tmp_path / "collect"),
+        student_tokenizer=str(tiny_model_dir),
+        tasks=[{"generator": "niah", "n": 2, "min_tokens": 800, "max_tokens": 1200, "seed": 3, "templates": "train"}],
+        policy={"kind": "scripted", "chunk_size": 300, "note_retry_share": 1.0},
+        concurrency=2,
+    )
+    run_collect(recipe, progress=False)
+    path = tmp_path / "collect" / "trajectories.jsonl"
+    episodes = list(iter_trajectories(path))
+    assert all(t.correct and t.format_errors == 1 for t in episodes)
+    report = run_curate(recipe_for([path], tmp_path / "curate", tiny_model_dir), progress=False)
+    assert report["episodes_kept"] == 2 and report["masked_by_policy"] == 2
+    trained_error = variant(episodes[0], "trained-error")
+    trained_error.turns[0].format_errors = 1
+    assert rejection_reasons(trained_error, FilterConfig()) == ["format_errors"]
 
 
 def test_trajectory_records_without_trained_still_load(collected):

@@ -21,7 +21,7 @@ def make_policy(spec: PolicySpec) -> Policy:
         from pipeline.policies.scripted import ScriptedExpert
 
         options = {"chunk_size": spec.chunk_size} if spec.chunk_size else {}
-        expert = ScriptedExpert(recovery_share=spec.recovery_share, **options)
+        expert = ScriptedExpert(recovery_share=spec.recovery_share, note_retry_share=spec.note_retry_share, **options)
         return ScriptedExperts(expert)  # picks the Inventory expert in Inventory contexts
     if spec.kind == "scripted_rlm":
         from pipeline.policies.rlm_expert import ScriptedRLMExpert

@@ -95,6 +95,11 @@ class ScriptedExpert:
     again with the key, and reads back the note it answers from before finishing. Any search that
     finds nothing, deliberate or not, is followed the same way: the key's pieces, then (inputs of at
     most `max_scan_chars` characters) a budget check and a scan of the chunks in order.
+
+    `note_retry_share` of the questions (another hash) rehearse a failed note: the first note of the
+    episode carries its key only (the failure a sampled student makes most: it closes the arguments after
+    the key), untrained, and after the environment's error the expert writes the note again from the chunk
+    it read. A student that never saw a failed note deletes its context after one and guesses.
     """
 
     name = "scripted"
@@ -107,11 +112,13 @@ class ScriptedExpert:
         recovery_share: float = 0.0,
         max_reads_per_search: int = 3,
         max_scan_chars: int = 8000,
+        note_retry_share: float = 0.0,
     ) -> None:
-        if not 0.0 <= recovery_share <= 1.0:
-            raise ValueError(f"recovery_share={recovery_share} must be between 0 and 1")
+        for name, share in (("recovery_share", recovery_share), ("note_retry_share", note_retry_share)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name}={share} must be between 0 and 1")
         self.chunk_size, self.overlap, self.fill_fraction = chunk_size, overlap, fill_fraction
-        self.recovery_share = recovery_share
+        self.recovery_share, self.note_retry_share = recovery_share, note_retry_share
         self.max_reads_per_search, self.max_scan_chars = max_reads_per_search, max_scan_chars
 
     async def act(self, messages: list[Message], tools: list[dict[str, Any]], seed: int | None = None) -> str | Action:
@@ -130,6 +137,10 @@ class ScriptedExpert:
     def is_recovery(self, question: str) -> bool:
         """Whether this question's episode rehearses a recovery (a stable choice per question)."""
         return zlib.crc32(question.encode()) % 10_000 < round(self.recovery_share * 10_000)
+
+    def is_note_retry(self, question: str) -> bool:
+        """Whether this question's episode rehearses a failed note (a stable choice, apart from recoveries)."""
+        return zlib.crc32(b"note retry: " + question.encode()) % 10_000 < round(self.note_retry_share * 10_000)
 
     def _next_call(self, messages: list[Message]) -> tuple[ToolCall, bool]:
         task = messages[1]["content"]
@@ -166,13 +177,11 @@ class ScriptedExpert:
                 return ToolCall("readNote", {"key": goals[-1].key}), True
             return ToolCall("finish", {"answer": _answer(goals, notes, combine)}), True
         goal = open_goals[0]
-        if (
-            last
-            and last.tool == "readChunk"
-            and not last.stub
-            and (fact := find_fact(last.body, goal.keyword, goal.want, hint_words(question, [goal.keyword])))
-        ):
+        read = _chunk_to_note(last, tool_msgs)
+        if read and (fact := find_fact(read.body, goal.keyword, goal.want, hint_words(question, [goal.keyword]))):
             value, sentence = fact
+            if self.is_note_retry(question) and not any(t.tool == "note" for t in tool_msgs):
+                return ToolCall("note", {"key": goal.key}), False  # rehearsed failure: context, not trained
             return ToolCall("note", {"key": goal.key, "summary": value, "content": sentence}), True
         return self._find(goal, goals, notes, combine, tool_msgs, task, recovery and goal is goals[0])
 
@@ -234,6 +243,16 @@ def _tool_message(content: str) -> ToolMessage | None:
     body = content.split("\n", 1)[1] if "\n" in content else ""
     stub = content.endswith("content deleted") and "\n" not in content
     return ToolMessage(int(m.group(1)), m.group(2), int(m.group(3)), m.group(4) or "", body, stub)
+
+
+def _chunk_to_note(last: ToolMessage | None, tool_msgs: list[ToolMessage]) -> ToolMessage | None:
+    """The chunk a note would be written from: the one just read, or, after a note that failed, the last chunk
+    still in context (the failed note is written again from it)."""
+    if last and last.tool == "readChunk" and not last.stub:
+        return last
+    if last and last.tool == "note" and last.body.startswith("Error"):
+        return next((t for t in reversed(tool_msgs) if t.tool == "readChunk" and not t.stub), None)
+    return None
 
 
 def _last_turn_results(messages: list[Message]) -> ToolMessage | None:

@@ -96,6 +96,13 @@ class PolicySpec(_Strict):
         description="scripted: share of questions whose episode rehearses a recovery from a failed search"
         " (the failed search is not trained).",
     )
+    note_retry_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="scripted: share of questions whose episode rehearses a note that fails (its key only, not "
+        "trained) and is written again.",
+    )
 
 
 class JudgeSpec(_Strict):

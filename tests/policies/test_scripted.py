@@ -74,6 +74,30 @@ def test_recovery_episode_masks_the_failed_search_and_checks_its_note(tokenizer)
         assert calls(traj)[-2:] == ["readNote", "finish"]
 
 
+def test_note_retry_episode_masks_the_key_only_note_and_writes_it_again(tokenizer):
+    """A sampled student's commonest failure is a note with its key only; the teacher rehearses what follows."""
+    for task in generate_niah(3, 800, 2000, seed=14, tokenizer=tokenizer, templates="train"):
+        traj = play(task, tokenizer, note_retry_share=1.0)
+        assert traj.correct and traj.format_errors == 1, (task.question, traj.answer)
+        untrained = [i for i, turn in enumerate(traj.turns) if not turn.trained]
+        assert len(untrained) == 1
+        failed = untrained[0]
+        assert calls(traj)[failed - 1 : failed + 3] == ["readChunk", "note", "note", "deleteContext"]
+        retry = traj.turns[failed + 1]
+        assert traj.turns[failed].tool_calls[0]["arguments"] == {"key": retry.tool_calls[0]["arguments"]["key"]}
+        assert "summary: Field required" in results(traj)[failed]
+        assert retry.trained and retry.format_errors == 0
+        assert retry.tool_calls[0]["arguments"]["summary"] == task.answer
+    # its own share of questions, not the recovery episodes'
+    questions = [t.question for t in generate_niah(400, 50, 50, seed=15, templates="train")]
+    expert = ScriptedExpert(recovery_share=0.3, note_retry_share=0.3)
+    retries = [expert.is_note_retry(q) for q in questions]
+    assert 0.22 < sum(retries) / len(retries) < 0.38
+    assert retries != [expert.is_recovery(q) for q in questions]
+    with pytest.raises(ValueError, match="note_retry_share"):
+        ScriptedExpert(note_retry_share=-0.1)
+
+
 def test_without_recovery_share_no_search_fails_and_every_turn_is_trained(tokenizer):
     task = generate_niah(1, 1200, 1200, seed=14, tokenizer=tokenizer, templates="train")[0]
     traj = play(task, tokenizer)
