@@ -334,7 +334,7 @@ def test_a_rehearsed_failed_note_neither_rejects_its_episode_nor_is_trained(tiny
     assert all(t.correct and t.format_errors == 1 for t in episodes)
     report = run_curate(recipe_for([path], tmp_path / "curate", tiny_model_dir), progress=False)
     assert report["episodes_kept"] == 2 and report["masked_by_policy"] == 2
-    trained_error = variant(episodes[0], "trained-error")
+    trained_error = variant(episodes[0], "trained-error", format_errors=2)  # and one error of the student's own
     trained_error.turns[0].format_errors = 1
     assert rejection_reasons(trained_error, FilterConfig()) == ["format_errors"]
 

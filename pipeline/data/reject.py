@@ -36,7 +36,8 @@ def rejection_reasons(traj: Trajectory, filters: FilterConfig, max_rounds: int |
     if any(turn.error == "truncated" for turn in traj.turns):
         reasons.append("truncated")  # a turn cut at the teacher's max_tokens: raise policy.max_tokens
     # errors of untrained turns (a failure the teacher rehearses on purpose) are context, not the teacher's form
-    if sum(turn.format_errors for turn in traj.turns if turn.trained) > filters.max_format_errors:
+    rehearsed = sum(turn.format_errors for turn in traj.turns if not turn.trained)
+    if traj.format_errors - rehearsed > filters.max_format_errors:
         reasons.append("format_errors")
     if filters.max_context_tokens is not None and traj.peak_context_tokens > filters.max_context_tokens:
         reasons.append("over_context_budget")
