@@ -276,19 +276,24 @@ def test_statelm_curate_end_to_end(collected, tiny_model_dir, tmp_path):
 # Turns the policy marked untrained (Action.trained=False): context with mask 0, counted in the report
 
 
-def test_recovery_episodes_keep_the_failed_search_as_context_with_mask_0(tiny_model_dir, tmp_path):
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
+def collect_scripted(tmp_path: Path, tiny_model_dir: Path, **policy) -> Path:
+    """Two scripted episodes over short NIAH inputs, the expert's options as given; the trajectory file."""
     recipe = CollectRecipe(
         output_dir=str(tmp_path / "collect"),
         student_tokenizer=str(tiny_model_dir),
         tasks=[{"generator": "niah", "n": 2, "min_tokens": 800, "max_tokens": 1200, "seed": 3, "templates": "train"}],
-        policy={"kind": "scripted", "chunk_size": 300, "recovery_share": 1.0},
+        policy={"kind": "scripted", "chunk_size": 300, **policy},
         concurrency=2,
     )
     run_collect(recipe, progress=False)
-    path = tmp_path / "collect" / "trajectories.jsonl"
+    return tmp_path / "collect" / "trajectories.jsonl"
+
+
+def test_recovery_episodes_keep_the_failed_search_as_context_with_mask_0(tiny_model_dir, tmp_path):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    path = collect_scripted(tmp_path, tiny_model_dir, recovery_share=1.0)
     episodes = {t.episode_id: t for t in iter_trajectories(path)}
     failed = {(e, t.index) for e, traj in episodes.items() for t in traj.turns if not t.trained}
     assert len(failed) == 2 and all(traj.correct for traj in episodes.values())
@@ -319,17 +324,9 @@ def test_recovery_episodes_keep_the_failed_search_as_context_with_mask_0(tiny_mo
 
 
 def test_a_rehearsed_failed_note_neither_rejects_its_episode_nor_is_trained(tiny_model_dir, tmp_path):
-    """Reject sampling counts the format errors of trained turns only: the teacher's deliberate key-only note
+    """Reject sampling leaves out the format errors of untrained turns: the teacher's deliberate key-only note
     (untrained) must not cost the episode that teaches the retry, and a student error still does."""
-    recipe = CollectRecipe(
-        output_dir=str(tmp_path / "collect"),
-        student_tokenizer=str(tiny_model_dir),
-        tasks=[{"generator": "niah", "n": 2, "min_tokens": 800, "max_tokens": 1200, "seed": 3, "templates": "train"}],
-        policy={"kind": "scripted", "chunk_size": 300, "note_retry_share": 1.0},
-        concurrency=2,
-    )
-    run_collect(recipe, progress=False)
-    path = tmp_path / "collect" / "trajectories.jsonl"
+    path = collect_scripted(tmp_path, tiny_model_dir, note_retry_share=1.0)
     episodes = list(iter_trajectories(path))
     assert all(t.correct and t.format_errors == 1 for t in episodes)
     report = run_curate(recipe_for([path], tmp_path / "curate", tiny_model_dir), progress=False)

@@ -136,11 +136,11 @@ class ScriptedExpert:
 
     def is_recovery(self, question: str) -> bool:
         """Whether this question's episode rehearses a recovery (a stable choice per question)."""
-        return zlib.crc32(question.encode()) % 10_000 < round(self.recovery_share * 10_000)
+        return _picked(question.encode(), self.recovery_share)
 
     def is_note_retry(self, question: str) -> bool:
         """Whether this question's episode rehearses a failed note (a stable choice, apart from recoveries)."""
-        return zlib.crc32(b"note retry: " + question.encode()) % 10_000 < round(self.note_retry_share * 10_000)
+        return _picked(b"note retry: " + question.encode(), self.note_retry_share)
 
     def _next_call(self, messages: list[Message]) -> tuple[ToolCall, bool]:
         task = messages[1]["content"]
@@ -243,6 +243,11 @@ def _tool_message(content: str) -> ToolMessage | None:
     body = content.split("\n", 1)[1] if "\n" in content else ""
     stub = content.endswith("content deleted") and "\n" not in content
     return ToolMessage(int(m.group(1)), m.group(2), int(m.group(3)), m.group(4) or "", body, stub)
+
+
+def _picked(key: bytes, share: float) -> bool:
+    """A stable choice of `share` of the keys (by hash), the same on every run."""
+    return zlib.crc32(key) % 10_000 < round(share * 10_000)
 
 
 def _chunk_to_note(last: ToolMessage | None, tool_msgs: list[ToolMessage]) -> ToolMessage | None:
